@@ -1,0 +1,1 @@
+"""gadgets package (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""harmonize package (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""recon package (see docs/architecture.md)."""

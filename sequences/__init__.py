@@ -1,0 +1,1 @@
+"""sequences package (see docs/architecture.md)."""

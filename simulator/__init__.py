@@ -1,0 +1,1 @@
+"""simulator package (see docs/architecture.md)."""

@@ -1,0 +1,8 @@
+"""unisono command line: wires subcommands to the packages (sequences, simulator, recon, gadgets, harmonize)."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("unisono")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
