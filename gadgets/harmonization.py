@@ -1,0 +1,73 @@
+"""Harmonize gadget: apply a site harmonization profile to magnitude images."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from gadgets.buffers import ImageBuffer
+
+__all__ = ["harmonize"]
+
+log = logging.getLogger(__name__)
+
+
+def _load(profile: str) -> tuple[Any, Any] | None:
+    """(harmonize module, profile) or None (logged) when either is unavailable."""
+    try:
+        import harmonize as hz  # lazily: the gadget works (as a no-op) without the package
+
+        return hz, hz.load_profile(profile)
+    except (ImportError, AttributeError) as exc:
+        log.warning("harmonization skipped: the harmonize package is not usable (%s)", exc)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        log.warning("harmonization skipped: profile '%s' is not available (%s)", profile, exc)
+    return None
+
+
+def harmonize(
+    connection: Any,
+    *,
+    profile: str = "default",
+    enabled: bool = True,
+    required: bool = False,
+    keep_original: bool = False,
+) -> None:
+    """Harmonize each combined image with ``harmonize.apply_profile``.
+
+    Params:
+        profile: profile name or path for ``harmonize.load_profile``.
+        enabled: False passes images through untouched.
+        required: fail instead of skipping when the profile cannot be loaded.
+        keep_original: also pass the unharmonized image on, as its own series (meta
+            ``unisono.series = original``, one series index below the harmonized one), so
+            a reader can compare both, as vendors export "original" and "normalized" series.
+
+    Harmonized images get meta ``unisono.harmonization`` (profile name) and
+    ``unisono.harmonization_sha256``.
+    """
+    loaded = _load(profile) if enabled else None
+    if enabled and loaded is None and required:
+        raise ValueError(f"harmonization profile '{profile}' could not be loaded and required = true")
+    for item in connection:
+        if loaded is None or not isinstance(item, ImageBuffer):
+            connection.send(item)
+            continue
+        hz, prof = loaded
+        if keep_original:
+            original_meta = {**item.meta, "unisono.series": "original", "unisono.series_offset": -1}
+            connection.send(ImageBuffer(item.data, item.reference, item.encoding_index, original_meta))
+        mag = item.data.abs().to(torch.float32)
+        if mag.shape[0] != 1:
+            raise ValueError(
+                f"harmonization needs coil-combined images (1 channel), got {mag.shape[0]} channels"
+            )
+        out = hz.apply_profile(prof, mag[0])
+        out = torch.as_tensor(out, dtype=torch.float32, device=mag.device)[None]
+        meta = dict(item.meta)
+        meta["unisono.harmonization"] = getattr(prof, "name", str(profile))
+        meta["unisono.harmonization_sha256"] = getattr(prof, "sha256", "")
+        meta["unisono.series"] = "harmonized"
+        connection.send(ImageBuffer(out, item.reference, item.encoding_index, meta))

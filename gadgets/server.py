@@ -1,0 +1,306 @@
+"""MRD v1 streaming server: one thread and one chain per connection, raw data recorded as it arrives.
+
+Protocol (MRD v1, the bytes Gadgetron's and the FIRE Python server's clients
+speak): the client sends a config — file (id 1: a chain *name*) or text
+(id 2: a chain TOML document) — then the XML header (3), then acquisitions
+(1008), waveforms (1026) and text (5), and finally close (4).  The server
+streams back images (1022), text (5) and, for transport-only chains,
+acquisitions/waveforms, then close (4).
+
+Safety: a chain name resolves only to a shipped chain or a file in
+``chains_dir``; a chain sent as text may only use registered gadgets.  The
+server never imports a module a client names.
+
+Failures: if the chain fails, the server keeps reading (and recording) the
+client's data to the end, sends one text message starting with
+``unisono error:`` and closes normally; other connections are unaffected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import ismrmrd
+from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
+
+from gadgets.chain import Chain, load_chain, parse_chain, shipped_chain_path
+from gadgets.mrdfile import RawWriter
+from gadgets.runtime import ChainError, RunningChain
+
+__all__ = ["MRDServer", "ERROR_PREFIX", "handle_stream"]
+
+log = logging.getLogger(__name__)
+
+#: text messages starting with this report a failed chain to the client
+ERROR_PREFIX = "unisono error: "
+
+_SENDABLE = (ismrmrd.Image, ismrmrd.Acquisition, ismrmrd.Waveform, str)
+
+
+def _resolve_config(msg: Any, chains_dir: str | Path | None) -> Chain:
+    if isinstance(msg, ConfigFile):
+        # Only plain names, resolved inside the shipped chains or chains_dir: never a client's path.
+        path = shipped_chain_path(str(msg).strip(), chains_dir)
+        return load_chain(path)
+    text = str(msg)
+    if text.lstrip().startswith("<"):
+        raise ValueError(
+            "config text is XML (a Gadgetron chain?); unisono expects a chain TOML document or a chain name"
+        )
+    chain = parse_chain(text, source="<config text>", trusted=False)
+    for g in chain.gadgets:
+        g.resolved_params()
+    return chain
+
+
+def handle_stream(
+    rfile: BinaryIO,
+    wfile: BinaryIO,
+    raw_path: Path | None,
+    chains_dir: str | Path | None = None,
+    device: str = "cpu",
+    label: str = "",
+) -> str | None:
+    """Serve one MRD v1 stream (reader side in this thread, replies from a sender thread).
+
+    Returns:
+        The error text sent to the client, or None on success.
+    """
+    des = ProtocolDeserializer(rfile)
+    ser = ProtocolSerializer(wfile)
+    send_lock = threading.Lock()
+    errors: list[str] = []
+
+    def send(item: Any) -> None:
+        with send_lock:
+            ser.serialize(item)
+
+    def report(text: str) -> None:
+        if not errors:
+            errors.append(text)
+            log.error("%s: %s", label, text)
+            try:
+                send(ERROR_PREFIX + text)
+                wfile.flush()
+            except OSError:
+                pass
+
+    chain: Chain | None = None
+    config_error: str | None = None
+    rc: RunningChain | None = None
+    raw: RawWriter | None = None
+    sender: threading.Thread | None = None
+
+    def pump(rc: RunningChain) -> None:
+        try:
+            for item in rc:
+                if isinstance(item, _SENDABLE):
+                    send(item)
+                else:
+                    raise TypeError(f"chain output of type {type(item).__name__} cannot be sent over MRD")
+            with send_lock:
+                wfile.flush()
+        except ChainError as exc:
+            report(str(exc))
+        except (OSError, TypeError) as exc:
+            rc.abort(str(exc))
+            report(f"sending results failed: {exc}")
+
+    try:
+        for msg in des.deserialize():
+            if isinstance(msg, ConfigFile | ConfigText):
+                if chain is not None or rc is not None:
+                    report("a second config message arrived; a connection runs one chain")
+                    continue
+                try:
+                    chain = _resolve_config(msg, chains_dir)
+                    log.info("%s: chain '%s' (sha256 %s)", label, chain.name, chain.sha256[:12])
+                except (ValueError, FileNotFoundError) as exc:
+                    config_error = str(exc)
+                    report(config_error)
+            elif isinstance(msg, ismrmrd.xsd.ismrmrdHeader):
+                if raw_path is not None and raw is None:
+                    raw = RawWriter(raw_path, msg)
+                    log.info("%s: recording raw data to %s", label, raw_path)
+                if chain is None and config_error is None:
+                    config_error = "the header arrived before a config message (id 1 or 2) naming the chain"
+                    report(config_error)
+                if chain is not None and rc is None:
+                    try:
+                        rc = RunningChain(chain, msg, device)
+                    except Exception as exc:  # noqa: BLE001 - any start-up failure goes to the client
+                        report(f"chain '{chain.name}' could not start: {exc}")
+                        chain = None
+                        continue
+                    sender = threading.Thread(target=pump, args=(rc,), name=f"{label}-send", daemon=True)
+                    sender.start()
+            elif isinstance(msg, ismrmrd.Acquisition | ismrmrd.Waveform):
+                if raw is not None:
+                    raw.append(msg)
+                if rc is not None and rc.error is None:
+                    try:
+                        rc.put(msg)
+                    except ChainError:
+                        pass  # reported by the sender thread; keep recording the raw data
+                elif raw is None and rc is None and not errors:
+                    report("data arrived before the MRD header (message id 3)")
+            elif isinstance(msg, str):
+                log.info("%s: client text: %s", label, msg[:200])
+            else:
+                log.warning("%s: ignoring message of type %s", label, type(msg).__name__)
+    except EOFError:
+        log.warning("%s: client disconnected without a close message", label)
+        if rc is not None:
+            rc.abort("client disconnected")
+    except Exception as exc:  # noqa: BLE001 - a malformed message must not kill the server
+        report(f"malformed stream: {exc}")
+        if rc is not None:
+            rc.abort(str(exc))
+    finally:
+        if raw is not None:
+            raw.close()
+    if rc is not None:
+        if rc.error is None:
+            try:
+                rc.close()
+            except ChainError:
+                pass
+        if sender is not None:
+            sender.join()
+    try:
+        with send_lock:
+            ser.close()  # CLOSE (4) and flush
+    except OSError:
+        pass
+    return errors[0] if errors else None
+
+
+class MRDServer:
+    """An MRD v1 TCP server running unisono chains.
+
+    Args:
+        host: interface to bind (``127.0.0.1``; ``0.0.0.0`` for every interface).
+        port: TCP port; 0 picks a free one (read it back from :attr:`port`).
+        raw_dir: where each connection's raw data are recorded (``<time>_<n>.h5``);
+            None disables recording.
+        chains_dir: extra chain files clients may name (besides the shipped ones).
+        device: ``auto``, ``cpu`` or ``cuda`` for every chain.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9002,
+        raw_dir: str | Path | None = "unisono-raw",
+        chains_dir: str | Path | None = None,
+        device: str = "cpu",
+    ):
+        if not 0 <= int(port) < 65536:
+            raise ValueError(f"port must be in 0..65535, got {port}")
+        self.host = host
+        self._port = int(port)
+        self.raw_dir = Path(raw_dir) if raw_dir is not None else None
+        self.chains_dir = chains_dir
+        self.device = device
+        self._sock: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._conns: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._counter = itertools.count(1)
+        #: paths of the raw files recorded so far
+        self.raw_files: list[Path] = []
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        return self._port
+
+    def start(self) -> MRDServer:
+        """Bind and accept connections in a background thread."""
+        if self._sock is not None:
+            raise RuntimeError("server already started")
+        if self.raw_dir is not None:
+            self.raw_dir.mkdir(parents=True, exist_ok=True)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._port))
+        sock.listen(16)
+        sock.settimeout(0.2)  # so stop() is noticed promptly
+        self._sock = sock
+        self._port = sock.getsockname()[1]
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="mrd-accept", daemon=True)
+        self._accept_thread.start()
+        log.info("MRD server listening on %s:%d", self.host, self._port)
+        return self
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, addr = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            n = next(self._counter)
+            t = threading.Thread(target=self._serve, args=(conn, addr, n), name=f"mrd-conn-{n}", daemon=True)
+            with self._lock:
+                self._conns.add(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket, addr: Any, n: int) -> None:
+        label = f"connection {n} from {addr[0]}:{addr[1]}"
+        raw_path = None
+        if self.raw_dir is not None:
+            raw_path = self.raw_dir / f"{time.strftime('%Y%m%dT%H%M%S')}_{n:04d}.h5"
+            self.raw_files.append(raw_path)
+        try:
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with (
+                conn,
+                conn.makefile("rb", buffering=1 << 20) as rfile,
+                conn.makefile("wb", buffering=1 << 20) as wfile,
+            ):
+                handle_stream(rfile, wfile, raw_path, self.chains_dir, self.device, label)
+        except OSError as exc:
+            log.warning("%s: socket error %s", label, exc)
+        finally:
+            with self._lock:
+                self._conns.discard(threading.current_thread())
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, wait up to ``timeout`` s for open connections, close the socket."""
+        self._stopping.set()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        with self._lock:
+            conns = list(self._conns)
+        for t in conns:
+            t.join(timeout)
+
+    def serve_forever(self) -> None:
+        """Start (if needed) and block until interrupted (Ctrl-C) or :meth:`stop`."""
+        if self._sock is None:
+            self.start()
+        try:
+            while not self._stopping.is_set():
+                self._stopping.wait(0.5)
+        finally:
+            self.stop()
+
+    def __enter__(self) -> MRDServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

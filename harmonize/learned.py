@@ -1,0 +1,229 @@
+"""Learned harmonization: a small U-Net trained on traveling-subject pairs (same subject, two sites).
+
+Intensity convention. The network sees each slice divided by its image's
+in-mask 99th percentile (removing the arbitrary receive gain, which no
+network should have to learn), with the mask as a second channel, and predicts
+the target site's image of the same subject in the same units (target image
+divided by its own in-mask 99th percentile). The output is therefore
+dimensionless, with the target site's contrast: bright white matter ≈ 1.
+
+Generalization to sites never seen in training comes from *site augmentation*:
+during training each source slice also gets a random monotone contrast exponent,
+a smooth multiplicative bias field and extra Rician noise — the ways sites
+differ — so the network learns to undo distortions of that family rather than
+the training sites' particular ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from harmonize._arrays import as_magnitude, check_mask
+from harmonize.unet import UNet2D, UNetConfig, pad_to_multiple
+
+log = logging.getLogger(__name__)
+
+#: in-mask percentile that defines each image's intensity unit
+REFERENCE_PERCENTILE = 99.0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings. iterations: Adam steps; batch_size: slices per step;
+    lr: initial learning rate (cosine decay to 5 %); augment: site augmentation on/off;
+    gamma_range, bias_amplitude, noise_sigma: augmentation strengths (dimensionless, noise
+    relative to the p99 unit); seed: torch/numpy seed; threads: torch CPU threads."""
+
+    iterations: int = 600
+    batch_size: int = 8
+    lr: float = 3e-3
+    augment: bool = True
+    gamma_range: tuple[float, float] = (0.7, 1.45)
+    bias_amplitude: float = 0.15
+    noise_sigma: float = 0.02
+    seed: int = 0
+    threads: int = 1
+    unet: UNetConfig = field(default_factory=UNetConfig)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"iterations, batch_size and lr must be positive, got {asdict(self)}")
+        if not 0 < self.gamma_range[0] <= self.gamma_range[1]:
+            raise ValueError(f"gamma_range must be 0 < low <= high, got {self.gamma_range}")
+
+
+def intensity_unit(image: np.ndarray, mask: np.ndarray) -> float:
+    """The image's intensity unit: its in-mask 99th percentile (image units)."""
+    unit = float(np.percentile(image[mask], REFERENCE_PERCENTILE))
+    if unit <= 0:
+        raise ValueError("image has no positive intensity inside the mask")
+    return unit
+
+
+def _slices(images: Sequence[object], masks: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack (z, y, x) images into normalized (n, y, x) float32 slices and their masks."""
+    xs, ms = [], []
+    for img_in, m_in in zip(images, masks, strict=True):
+        img = as_magnitude(img_in)
+        m = check_mask(m_in, img.shape)
+        if img.ndim == 2:
+            img, m = img[None], m[None]
+        xs.append((img / intensity_unit(img, m)).astype(np.float32))
+        ms.append(m)
+    return np.concatenate(xs), np.concatenate(ms)
+
+
+def _smooth_fields(n: int, shape: tuple[int, int], amplitude: float, gen: torch.Generator) -> torch.Tensor:
+    """n random smooth multiplicative fields exp(quadratic polynomial), peak |log| = amplitude."""
+    h, w = shape
+    y = torch.linspace(-1, 1, h)[:, None].expand(h, w)
+    x = torch.linspace(-1, 1, w)[None, :].expand(h, w)
+    basis = torch.stack([x, y, x * y, x * x, y * y])  # (5, h, w)
+    c = torch.randn(n, 5, 1, 1, generator=gen)
+    poly = (c * basis).sum(1)
+    poly = poly / poly.flatten(1).abs().amax(1).clamp_min(1e-6)[:, None, None]
+    amp = amplitude * torch.rand(n, 1, 1, generator=gen)
+    return torch.exp(amp * poly)
+
+
+def _augment(x: torch.Tensor, m: torch.Tensor, cfg: TrainingConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random site distortion of normalized source slices x (n, h, w) inside masks m."""
+    n = x.shape[0]
+    lo, hi = cfg.gamma_range
+    gamma = lo + (hi - lo) * torch.rand(n, 1, 1, generator=gen)
+    y = x.clamp_min(0) ** gamma * _smooth_fields(n, x.shape[-2:], cfg.bias_amplitude, gen)
+    sd = cfg.noise_sigma * torch.rand(n, 1, 1, generator=gen)
+    noisy = torch.sqrt(
+        (y + sd * torch.randn(y.shape, generator=gen)) ** 2 + (sd * torch.randn(y.shape, generator=gen)) ** 2
+    )
+    noisy = noisy * m
+    # re-normalize: the network always sees images in p99 units
+    unit = torch.stack([torch.quantile(noisy[i][m[i]], REFERENCE_PERCENTILE / 100) for i in range(n)])
+    return noisy / unit.clamp_min(1e-6)[:, None, None]
+
+
+def train_unet(
+    sources: Sequence[object],
+    targets: Sequence[object],
+    source_masks: Sequence[object],
+    target_masks: Sequence[object],
+    config: TrainingConfig = TrainingConfig(),
+) -> tuple[UNet2D, dict[str, Any]]:
+    """Train a U-Net mapping each source image onto its paired target-site image.
+
+    sources/targets: paired magnitude images (z, y, x) of the same subject (pairs may
+    repeat a target, e.g. one target per subject and one source per site, including the
+    target site itself); masks: their bool foreground masks. All slices must share one
+    (y, x) size. Returns (model in eval mode, history with loss curve and timing).
+    """
+    if len(sources) != len(targets) or not sources:
+        raise ValueError(f"need equally many (>0) sources and targets, got {len(sources)} and {len(targets)}")
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        xs, ms = _slices(sources, source_masks)
+        ys, mt = _slices(targets, target_masks)
+        if xs.shape != ys.shape:
+            raise ValueError(f"source and target slices differ in shape: {xs.shape} vs {ys.shape}")
+        X, Y = torch.from_numpy(xs), torch.from_numpy(ys)
+        MS = torch.from_numpy(ms)
+        MW = torch.from_numpy(ms & mt).float()  # loss only where both images have tissue
+        model = UNet2D(config.unet)
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iterations, eta_min=0.05 * config.lr)
+        losses: list[float] = []
+        t0 = time.perf_counter()
+        model.train()
+        for it in range(config.iterations):
+            idx = torch.randint(0, X.shape[0], (config.batch_size,), generator=gen)
+            x, y, m, w = X[idx], Y[idx], MS[idx], MW[idx]
+            if config.augment:
+                # half of each batch sees a random site, half the real source site
+                aug = torch.rand(config.batch_size, generator=gen) < 0.5
+                if aug.any():
+                    x = x.clone()
+                    x[aug] = _augment(x[aug], m[aug], config, gen)
+                if torch.rand(1, generator=gen) < 0.5:  # left-right flip: anatomy is near-symmetric
+                    x, y, m, w = x.flip(-1), y.flip(-1), m.flip(-1), w.flip(-1)
+            inp, _ = pad_to_multiple(torch.stack([x, m.float()], 1), config.unet.multiple)
+            pred = model(inp)[:, 0, : x.shape[-2], : x.shape[-1]]
+            loss = (F.l1_loss(pred, y, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if it % 100 == 0:
+                log.info("unet iteration %d/%d loss %.4f", it, config.iterations, losses[-1])
+        model.eval()
+        history = {
+            "loss": losses[:: max(1, len(losses) // 200)],
+            "final_loss": float(np.mean(losses[-50:])),
+            "train_seconds": time.perf_counter() - t0,
+            "n_slices": int(X.shape[0]),
+            "slice_shape": list(X.shape[1:]),
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+        }
+        return model, history
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def save_weights(model: UNet2D, path: str | Path) -> Path:
+    """Write the model's architecture and float32 weights to a torch file (.pt)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float32).cpu() for k, v in model.state_dict().items()}
+    torch.save({"format": "unisono.unet/1", "unet": asdict(model.config), "state_dict": state}, p)
+    return p
+
+
+def load_weights(path: str | Path) -> UNet2D:
+    """Read a model written by save_weights (weights_only: a profile file cannot run code)."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != "unisono.unet/1":
+        raise ValueError(f"{path} is not a unisono U-Net weights file (format unisono.unet/1)")
+    model = UNet2D(UNetConfig(**blob["unet"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()
+
+
+_MODEL_CACHE: dict[str, UNet2D] = {}
+
+
+def _model_for(profile: Any) -> UNet2D:
+    """The profile's model, loaded once per weights hash (the gadget applies it per image)."""
+    key = str(profile.weights_sha256)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_weights(profile.weights_path())
+    return _MODEL_CACHE[key]
+
+
+@torch.no_grad()
+def predict(model: UNet2D, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Run ``model`` slice by slice on ``image`` (z, y, x) inside ``mask``; float32, background 0."""
+    img = as_magnitude(image)
+    m = check_mask(mask, img.shape)
+    vol, mv = (img[None], m[None]) if img.ndim == 2 else (img, m)
+    x = torch.from_numpy((vol / intensity_unit(vol, mv)).astype(np.float32))
+    mt = torch.from_numpy(mv)
+    inp, (h, w) = pad_to_multiple(torch.stack([x, mt.float()], 1), model.config.multiple)
+    out = model(inp)[:, 0, :h, :w] * mt
+    res = out.numpy().astype(np.float32)
+    return res[0] if img.ndim == 2 else res
+
+
+def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """apply_profile's learned branch: the profile's U-Net on ``image`` (z, y, x) inside ``mask``."""
+    return predict(_model_for(profile), image, mask)

@@ -1,0 +1,234 @@
+"""Evaluation metrics for harmonization (pure functions on magnitude images (z, y, x)).
+
+Similarity of one subject across sites: ``ssim``, ``psnr`` (inside the brain mask),
+``wasserstein1`` between masked intensity distributions; site effect on tissue:
+``tissue_mean_spread``; can the site still be told: ``site_classifier_accuracy``;
+is anatomy kept: ``structure_similarity``; is biology kept: ``atrophy_correlation``.
+Where intensity units differ (raw images from different sites), metrics say how
+they make themselves scale-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage, stats
+
+from harmonize._arrays import as_magnitude, check_mask
+
+# SSIM constants of Wang et al. (IEEE TIP 2004)
+K1, K2 = 0.01, 0.03
+
+
+def _pair(a: object, b: object, mask: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, y = as_magnitude(a, "a"), as_magnitude(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"images must have the same shape, got {x.shape} and {y.shape}")
+    m = check_mask(mask, x.shape)
+    if x.ndim == 2:
+        x, y, m = x[None], y[None], m[None]
+    return x, y, m
+
+
+def _local_stats(x: np.ndarray, y: np.ndarray, m: np.ndarray, sigma: float):
+    """Gaussian-window local means, variances and covariance using only voxels in ``m``.
+
+    Normalized convolution (weights = mask) keeps the background out of every
+    window: at the brain edge a plain window would mix in the zero background and
+    reward or punish methods for where they put tissue relative to 0.
+    """
+    w = m.astype(np.float64)
+
+    def f(v: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(v * w, sigma=(0, sigma, sigma))
+
+    norm = np.maximum(f(np.ones_like(x)), 1e-12)
+    mx, my = f(x) / norm, f(y) / norm
+    vx = f(x * x) / norm - mx * mx
+    vy = f(y * y) / norm - my * my
+    cxy = f(x * y) / norm - mx * my
+    return mx, my, np.maximum(vx, 0), np.maximum(vy, 0), cxy
+
+
+def ssim(a: object, b: object, mask: object, data_range: float | None = None, sigma: float = 1.5) -> float:
+    """Mean SSIM (Wang et al. 2004, Gaussian window sigma=1.5 px, in-plane) over ``mask``.
+
+    data_range: dynamic range L (image units); default the in-mask max − min over both images.
+    Windows see in-mask voxels only (normalized convolution).
+    """
+    x, y, m = _pair(a, b, mask)
+    if data_range is None:
+        both = np.concatenate([x[m], y[m]])
+        data_range = float(both.max() - both.min())
+    if data_range <= 0:
+        raise ValueError(f"data_range must be > 0, got {data_range}")
+    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    mx, my, vx, vy, cxy = _local_stats(x, y, m, sigma)
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s[m].mean())
+
+
+def psnr(a: object, b: object, mask: object, data_range: float | None = None) -> float:
+    """PSNR in dB over ``mask``: 10 log10(L² / MSE); L defaults as in ``ssim``. inf if identical."""
+    x, y, m = _pair(a, b, mask)
+    if data_range is None:
+        both = np.concatenate([x[m], y[m]])
+        data_range = float(both.max() - both.min())
+    mse = float(np.mean((x[m] - y[m]) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+
+
+def wasserstein1(a_values: np.ndarray, b_values: np.ndarray) -> float:
+    """Wasserstein-1 (earth mover's) distance between two 1-D samples, in their units.
+
+    Equals the integral of |F_a - F_b| over intensity (the L1 distance of the CDFs).
+    """
+    a, b = np.ravel(a_values), np.ravel(b_values)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("wasserstein1 needs non-empty samples")
+    return float(stats.wasserstein_distance(a, b))
+
+
+def tissue_means(image: object, labels: np.ndarray, tissues: Sequence[int]) -> np.ndarray:
+    """Mean intensity of each label value in ``tissues`` (image units)."""
+    img = as_magnitude(image)
+    lab = np.asarray(labels)
+    if lab.shape != img.shape:
+        raise ValueError(f"labels must have the image's shape {img.shape}, got {lab.shape}")
+    out = []
+    for t in tissues:
+        sel = lab == t
+        if not sel.any():
+            raise ValueError(f"tissue label {t} is absent from the label image")
+        out.append(img[sel].mean())
+    return np.asarray(out)
+
+
+def tissue_mean_spread(
+    images: Sequence[object], labels: Sequence[np.ndarray], tissues: Sequence[int], wm: int, csf: int
+) -> float:
+    """Site spread of tissue means, relative to WM–CSF contrast (dimensionless; 0 = identical).
+
+    images: one subject at several sites, each (z, y, x); labels: its tissue labels per image.
+    For each tissue the standard deviation of its mean across sites is divided by the
+    mean WM–CSF contrast across sites; the result averages over ``tissues``.
+    """
+    if len(images) < 2 or len(images) != len(labels):
+        raise ValueError("tissue_mean_spread needs >= 2 images and one label image each")
+    all_t = list(dict.fromkeys([*tissues, wm, csf]))
+    means = np.array([tissue_means(im, lab, all_t) for im, lab in zip(images, labels, strict=True)])
+    contrast = np.mean(means[:, all_t.index(wm)] - means[:, all_t.index(csf)])
+    if contrast == 0:
+        raise ValueError("WM–CSF contrast is zero: cannot scale the spread")
+    sd = means[:, [all_t.index(t) for t in tissues]].std(axis=0)
+    return float(np.mean(sd) / abs(contrast))
+
+
+def site_features(image: object, mask: object) -> np.ndarray:
+    """Features a site classifier sees: 19 masked-intensity quantiles (5..95 %) and a noise level.
+
+    The noise level is the median absolute in-plane Laplacian inside the mask — the
+    texture a scanner leaves — in image units.
+    """
+    img = as_magnitude(image)
+    m = check_mask(mask, img.shape)
+    q = np.quantile(img[m], np.linspace(0.05, 0.95, 19))
+    lap = ndimage.laplace(img[None] if img.ndim == 2 else img, mode="nearest")
+    lap = lap[0] if img.ndim == 2 else lap
+    interior = ndimage.binary_erosion(m, iterations=2) if m.sum() > 50 else m
+    return np.append(q, np.median(np.abs(lap[interior if interior.any() else m])))
+
+
+def site_classifier_accuracy(features: np.ndarray, sites: Sequence[str], subjects: Sequence[int]) -> float:
+    """Leave-one-subject-out accuracy of a nearest-centroid site classifier.
+
+    features: (n_images, n_features); sites/subjects: per-image labels. Each fold
+    standardizes the features with the training images' mean/sd and assigns a
+    held-out image to the nearest site centroid. Chance is 1 / number of sites.
+    """
+    X = np.asarray(features, dtype=np.float64)
+    site_arr, subj_arr = np.asarray(sites), np.asarray(subjects)
+    if X.ndim != 2 or X.shape[0] != site_arr.size or X.shape[0] != subj_arr.size:
+        raise ValueError("features must be (n_images, n_features) with one site and subject per image")
+    if np.unique(subj_arr).size < 2:
+        raise ValueError("site_classifier_accuracy needs images of >= 2 subjects")
+    correct = 0
+    for s in np.unique(subj_arr):
+        test, train = subj_arr == s, subj_arr != s
+        mu, sd = X[train].mean(0), X[train].std(0)
+        sd[sd == 0] = 1.0
+        Z = (X - mu) / sd
+        labels = np.unique(site_arr[train])
+        cents = np.array([Z[train & (site_arr == lab)].mean(0) for lab in labels])
+        d = ((Z[test][:, None, :] - cents[None]) ** 2).sum(-1)
+        correct += int((labels[np.argmin(d, axis=1)] == site_arr[test]).sum())
+    return correct / X.shape[0]
+
+
+def structure_similarity(raw: object, harmonized: object, mask: object, sigma: float = 1.5) -> float:
+    """Anatomy preservation: mean SSIM *structure* term s = (σ_xy + c3)/(σ_x σ_y + c3) over ``mask``.
+
+    The structure term is invariant to local gain and offset, so it compares edges and
+    texture of the harmonized image with the unharmonized one although their units
+    differ; c3 = (K2 L)²/2 uses each image's own in-mask range L. 1 = same structure.
+    """
+    x, y, m = _pair(raw, harmonized, mask)
+    lx, ly = float(np.ptp(x[m])), float(np.ptp(y[m]))
+    c3 = 0.5 * (K2**2) * lx * ly
+    _, _, vx, vy, cxy = _local_stats(x, y, m, sigma)
+    s = (cxy + c3) / (np.sqrt(vx * vy) + c3)
+    return float(s[m].mean())
+
+
+def _kmeans_1d(values: np.ndarray, k: int = 3, iters: int = 50) -> np.ndarray:
+    centers = np.quantile(values, np.linspace(0.1, 0.9, k))
+    for _ in range(iters):
+        assign = np.argmin(np.abs(values[:, None] - centers[None]), axis=1)
+        new = np.array([values[assign == j].mean() if np.any(assign == j) else centers[j] for j in range(k)])
+        if np.allclose(new, centers):
+            break
+        centers = new
+    return np.sort(centers)
+
+
+def csf_fractions(
+    images: Sequence[object], masks: Sequence[object], pooled: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSF volume fraction of each image by thresholding (T1-like contrast: CSF darkest).
+
+    The threshold is the midpoint of the two lowest centres of a 3-class 1-D k-means.
+    pooled=True: ONE threshold from the pooled masked intensities of all images — a
+    multi-site mega-analysis, which is what harmonization is for (unharmonized sites
+    put tissue on different intensities, so a common threshold misclassifies).
+    pooled=False: a threshold per image — tests that the anatomy is still there.
+    Returns (fractions (n,), thresholds (n,) in image units).
+    """
+    vals, ims, ms = [], [], []
+    for im, mk in zip(images, masks, strict=True):
+        x = as_magnitude(im)
+        m = check_mask(mk, x.shape)
+        v = x[m]
+        vals.append(v[:: max(1, v.size // 20000)])  # subsample: k-means cost, not accuracy, grows
+        ims.append(x)
+        ms.append(m)
+    if pooled:
+        c = _kmeans_1d(np.concatenate(vals))
+        thr = np.full(len(ims), 0.5 * (c[0] + c[1]))
+    else:
+        thr = np.array([(lambda c: 0.5 * (c[0] + c[1]))(_kmeans_1d(v)) for v in vals])
+    frac = np.array([float((x[m] < t).mean()) for x, m, t in zip(ims, ms, thr, strict=True)])
+    return frac, thr
+
+
+def atrophy_correlation(
+    images: Sequence[object], masks: Sequence[object], atrophy: Sequence[float], pooled: bool = True
+) -> float:
+    """Pearson r between the true atrophy factor and the CSF fraction (see ``csf_fractions``)."""
+    frac, _ = csf_fractions(images, masks, pooled=pooled)
+    a = np.asarray(atrophy, dtype=np.float64)
+    if a.size != frac.size or a.size < 3:
+        raise ValueError("atrophy_correlation needs >= 3 images and one atrophy value each")
+    if np.ptp(a) == 0 or np.ptp(frac) == 0:
+        return 0.0
+    return float(np.corrcoef(a, frac)[0, 1])

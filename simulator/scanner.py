@@ -1,0 +1,342 @@
+"""The virtual scanner loop: run a Pulseq sequence on a phantom at a site, yield MRD acquisitions."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ismrmrd
+import numpy as np
+import torch
+
+from simulator.bloch import BlochEngine, SpinFields
+from simulator.events import Free, Pulse, Readout, SequenceError, apply_labels, compile_block
+from simulator.mrd import make_acquisition, minimal_header, traj_scale, trajectory_type, with_site
+from simulator.phantom import Phantom
+from simulator.site import NOISE_REF_DWELL_S, Site, load_site
+from simulator.spins import Spins, build_spins
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> CUDA when torch sees it, else CPU; 'cpu' / 'cuda' / 'cuda:N' as given."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device='{device}' was requested but torch sees no CUDA device; use cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device='{device}' is not allowed; use auto, cpu, cuda or cuda:N")
+    return torch.device(device)
+
+
+def load_sequence(seq_or_path):
+    """A pypulseq Sequence from a Sequence, a ``.seq`` path, or a BuiltSequence (``.seq``)."""
+    import pypulseq as pp
+
+    if hasattr(seq_or_path, "block_events"):
+        return seq_or_path
+    if hasattr(seq_or_path, "seq") and hasattr(seq_or_path.seq, "block_events"):
+        return seq_or_path.seq
+    path = Path(seq_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sequence file {path} does not exist")
+    seq = pp.Sequence()
+    try:
+        seq.read(str(path))
+    except Exception as exc:  # pypulseq raises bare exceptions for malformed files
+        raise SequenceError(f"sequence file {path} could not be read by pypulseq: {exc}") from exc
+    return seq
+
+
+def spin_fields(spins: Spins, site: Site, pos: torch.Tensor, device: torch.device) -> SpinFields:
+    """Per-spin fields at scanner positions ``pos`` (N, 3) m: B0/B1+ maps and coil sensitivities.
+
+    The site's fields and coils are fixed in the scanner, so a moving head sees them change.
+    """
+    pos = pos.to(torch.float32)
+    sens = site.coil_sensitivities(pos) * spins.m0[None, :]
+    return SpinFields(
+        pos=pos.to(device),
+        pos64=pos.to(torch.float64).to(device),
+        df=(spins.df_tissue + site.b0_map(pos)).to(device),
+        b1=(spins.b1_object * site.b1_map(pos)).to(device),
+        r1=spins.r1.to(device),
+        r2=spins.r2.to(device),
+        sens_m0=(sens * site.receiver_gain).to(torch.complex64).to(device),
+    )
+
+
+@dataclass
+class _AdcPlan:
+    """Label state and flags of each ADC, found by a pass over the labels before simulating."""
+
+    labels: list[dict[str, int]]
+    flags: list[list[int]]
+
+
+def plan_adcs(seq, header_trajectory: str) -> _AdcPlan:
+    """Evaluate labels in block order and assign MRD flags as a scanner does.
+
+    FIRST/LAST_IN_SLICE are per (slice, repetition) over imaging ADCs, which needs the whole
+    label sequence: the scanner knows its loop structure in advance, here a label pass does.
+    """
+    state: dict[str, int] = {}
+    labels: list[dict[str, int]] = []
+    for i in seq.block_events:
+        block = seq.get_block(i)
+        apply_labels(block, int(i), state)
+        if block.adc is not None:
+            labels.append(dict(state))
+    flags: list[list[int]] = [[] for _ in labels]
+    first_seen: dict[tuple, int] = {}
+    last_seen: dict[tuple, int] = {}
+    last_rep: dict[int, int] = {}
+    last_imaging = -1
+    for j, lab in enumerate(labels):
+        if lab.get("NOISE", 0):
+            flags[j].append(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+            continue
+        if lab.get("NAV", 0):
+            flags[j].append(ismrmrd.ACQ_IS_NAVIGATION_DATA)
+            if header_trajectory == "epi":
+                flags[j].append(ismrmrd.ACQ_IS_PHASECORR_DATA)
+        if lab.get("REV", 0):
+            flags[j].append(ismrmrd.ACQ_IS_REVERSE)
+        if lab.get("REF", 0):
+            flags[j].append(
+                ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING
+                if lab.get("IMA", 0)
+                else ismrmrd.ACQ_IS_PARALLEL_CALIBRATION
+            )
+        if lab.get("NAV", 0):
+            continue
+        key = (lab.get("SLC", 0), lab.get("REP", 0))
+        first_seen.setdefault(key, j)
+        last_seen[key] = j
+        last_rep[lab.get("REP", 0)] = j
+        last_imaging = j
+    for j in first_seen.values():
+        flags[j].append(ismrmrd.ACQ_FIRST_IN_SLICE)
+    for j in last_seen.values():
+        flags[j].append(ismrmrd.ACQ_LAST_IN_SLICE)
+    for j in last_rep.values():
+        flags[j].append(ismrmrd.ACQ_LAST_IN_REPETITION)
+    if last_imaging >= 0:
+        flags[last_imaging].append(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+    elif labels:
+        flags[-1].append(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+    return _AdcPlan(labels=labels, flags=flags)
+
+
+class _Geometry:
+    """Tracks what a scanner knows about the current slice and k-space position."""
+
+    def __init__(self) -> None:
+        self.k = np.zeros(3)
+        self.slice_dir = np.array([0.0, 0.0, 1.0])
+        self.position_mm = np.zeros(3)
+
+    def free(self, moment: np.ndarray) -> None:
+        self.k = self.k + moment
+
+    def pulse(self, p: Pulse) -> None:
+        edges = np.concatenate([[0.0], np.cumsum(p.dt)])
+        mids = 0.5 * (edges[1:] + edges[:-1])
+        g = np.broadcast_to(p.grad, (p.dt.size, 3))
+        before = (g * (p.dt * (mids < p.centre))[:, None]).sum(axis=0)
+        after = (g * (p.dt * (mids >= p.centre))[:, None]).sum(axis=0)
+        if p.use in ("excitation", "undefined", "saturation"):
+            self.k = after
+            gss = g.mean(axis=0)
+            amp = float(np.linalg.norm(gss))
+            if amp > 0:
+                self.slice_dir = gss / amp
+                self.position_mm = self.slice_dir * (p.freq_hz / amp) * 1e3
+        elif p.use == "refocusing":
+            self.k = -(self.k + before) + after
+        else:
+            self.k = self.k + before + after
+
+    def directions(self, ro: Readout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        g = ro.grad_dir
+        n = float(np.linalg.norm(g))
+        read = g / n if n > 0 else np.array([1.0, 0.0, 0.0])
+        slc = self.slice_dir - read * float(read @ self.slice_dir)
+        if np.linalg.norm(slc) < 1e-6:
+            slc = np.array([0.0, 0.0, 1.0]) if abs(read[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+        slc = slc / np.linalg.norm(slc)
+        phase = np.cross(slc, read)
+        return read, phase, slc
+
+
+def correct_pulse(p: Pulse, k_abs: np.ndarray, t_m: np.ndarray) -> Pulse:
+    """RF phase-tracked for a head translated by ``t_m``: phase - 2 pi K(t).t during the pulse.
+
+    In the frame M' = M e^{i theta}, theta = 2 pi K.t, spins at p precess as if at p - t; the
+    pulse must be the nominal one in that frame, so in the scanner frame it carries e^{-i theta}.
+    """
+    g = np.broadcast_to(p.grad, (p.dt.size, 3))
+    k_mid = np.cumsum(g * p.dt[:, None], axis=0) - 0.5 * g * p.dt[:, None]
+    theta_var = 2 * math.pi * (k_mid @ t_m)
+    theta0 = 2 * math.pi * float(k_abs @ t_m)
+    amp = p.amplitude * np.exp(-1j * theta_var)
+    return replace(
+        p,
+        amplitude=amp,
+        phase_rad=p.phase_rad - theta0,
+        key=p.key + (tuple(np.round(t_m * 1e9).astype(int).tolist()),),
+    )
+
+
+def correct_readout(ro: Readout, k_abs: np.ndarray, t_m: np.ndarray) -> Readout:
+    """Receiver phase-tracked for a head translated by ``t_m``: the sample times e^{+i 2 pi K.t}."""
+    theta = -2 * math.pi * ((k_abs[:, None] + ro.kmom).T @ t_m)
+    pm = theta if ro.phase_modulation is None else ro.phase_modulation + theta
+    return replace(ro, phase_modulation=pm)
+
+
+def simulate(
+    seq_or_path,
+    phantom: Phantom,
+    site: Site | str | Path,
+    header=None,
+    device: str | torch.device = "cpu",
+    isochromats_per_voxel: int = 4,
+    seed: int = 0,
+    motion=None,
+    feedback: Callable[[], object] | None = None,
+    realtime: bool = False,
+    stats: dict | None = None,
+) -> Iterator[ismrmrd.Acquisition]:
+    """Run ``seq_or_path`` on ``phantom`` at ``site``; yield one ``ismrmrd.Acquisition`` per ADC.
+
+    Args:
+        seq_or_path: pypulseq Sequence, ``.seq`` path or BuiltSequence.
+        phantom: the object (:class:`Phantom`).
+        site: :class:`Site`, a shipped site name or a site TOML path.
+        header: MRD header (decides the trajectory type and the trajectory normalisation);
+            None = from the sequence definitions.
+        device: auto, cpu, cuda or cuda:N.
+        isochromats_per_voxel: isochromats per phantom voxel.
+        seed: seeds the isochromat T2' order and the thermal noise.
+        motion: a :class:`simulator.motion.MotionTrajectory` (rigid head motion against time).
+        feedback: callable returning the latest rigid transform (or None); applied prospectively
+            to the following blocks (gradients rotated, RF/ADC frequency and phase adjusted).
+        realtime: pace the yields at sequence time, as a real scanner streams.
+        stats: if given, filled with wall time, spin-steps and the number of blocks at the end.
+    Yields:
+        ``ismrmrd.Acquisition`` with data (coils, samples) complex64.
+    """
+    from simulator.motion import ProspectiveCorrection
+
+    t_wall = time.perf_counter()
+    seq = load_sequence(seq_or_path)
+    site = load_site(site) if not isinstance(site, Site) else site
+    dev = resolve_device(device)
+    if header is None:
+        header = minimal_header(seq, site)
+    else:
+        header = with_site(header, site)
+    traj_kind = trajectory_type(header)
+    scale = traj_scale(header)
+    plan = plan_adcs(seq, traj_kind)
+    spins = build_spins(phantom, site, isochromats_per_voxel, seed)
+    engine = BlochEngine(spin_fields(spins, site, spins.pos, dev))
+    gen = torch.Generator().manual_seed(seed + 1)
+    cov = site.noise_covariance()
+    # sigma = 0 (a noiseless site) has a zero covariance, whose Cholesky factor is zero
+    chol = torch.from_numpy(np.linalg.cholesky(cov) if site.noise_sigma > 0 else np.zeros_like(cov))
+    rf_raster = float(seq.definitions.get("RadiofrequencyRasterTime", 1e-6))
+    geom = _Geometry()
+    correction = ProspectiveCorrection()
+    state: dict[str, int] = {}
+    t_seq = 0.0
+    adc_i = 0
+    n_blocks = 0
+    current_pose = None
+    grad_cache: dict = {}
+    k_abs = np.zeros(3)  # physical gradient moment since the start (cycles/m), for PMC phases
+    for i in seq.block_events:
+        block = seq.get_block(i)
+        apply_labels(block, int(i), state)
+        if motion is not None:
+            pose = motion.transform_at(t_seq)
+            if current_pose is None or not pose.close_to(current_pose):
+                current_pose = pose
+                engine.set_fields(spin_fields(spins, site, pose.apply(spins.voxel_pos), dev))
+        if feedback is not None:
+            fb = feedback()
+            if fb is not None:
+                correction.update(fb)
+        rotation = correction.pose.matrix if correction.active else None
+        ids = seq.block_events[i]
+        info = compile_block(
+            block, int(i), state, rf_raster, site.gradient_delay_s, site.larmor_hz, rotation,
+            grad_cache, (int(ids[2]), int(ids[3]), int(ids[4]), float(block.block_duration)),
+        )  # fmt: skip
+        t_block = t_seq
+        for ev in info.events:
+            if isinstance(ev, Free):
+                engine.free(ev.duration, ev.moment)
+                geom.free(ev.moment)
+                k_abs += ev.moment
+            elif isinstance(ev, Pulse):
+                if correction.active:
+                    ev = correct_pulse(ev, k_abs, correction.pose.t_m)
+                engine.rf(ev)
+                geom.pulse(ev)
+                k_abs += (np.broadcast_to(ev.grad, (ev.dt.size, 3)) * ev.dt[:, None]).sum(axis=0)
+            elif isinstance(ev, Readout):
+                if correction.active:
+                    ev = correct_readout(ev, k_abs, correction.pose.t_m)
+                sig = engine.readout(ev)
+                k = ev.tau.size
+                white = torch.complex(
+                    torch.randn(site.n_coils, k, generator=gen, dtype=torch.float64),
+                    torch.randn(site.n_coils, k, generator=gen, dtype=torch.float64),
+                ) * math.sqrt(0.5 * NOISE_REF_DWELL_S / ev.dwell)
+                noise = (chol @ white) * site.receiver_gain
+                data = sig.cpu().to(torch.complex128) + noise
+                traj = None
+                if traj_kind != "cartesian":
+                    kk = (geom.k[:, None] + ev.kmom) * scale[:, None]
+                    dims = 3 if header.encoding[0].encodedSpace.matrixSize.z > 1 else 2
+                    traj = kk[:dims].T
+                acq = make_acquisition(
+                    data.numpy(),
+                    ev,
+                    plan.flags[adc_i] if adc_i < len(plan.flags) else [],
+                    adc_i + 1,
+                    t_block + ev.time_in_block,
+                    geom.k.copy(),
+                    geom.directions(ev),
+                    geom.position_mm,
+                    traj,
+                )
+                adc_i += 1
+                if realtime:
+                    lag = (t_block + ev.time_in_block + k * ev.dwell) - (time.perf_counter() - t_wall)
+                    if lag > 0:
+                        time.sleep(lag)
+                yield acq
+        t_seq += info.duration
+        n_blocks += 1
+    engine.flush()
+    if stats is not None:
+        stats.update(
+            wall_s=time.perf_counter() - t_wall,
+            spin_steps=engine.spin_steps,
+            n_spins=engine.n,
+            n_blocks=n_blocks,
+            n_acquisitions=adc_i,
+            sequence_duration_s=t_seq,
+            device=str(dev),
+            threads=torch.get_num_threads(),
+        )

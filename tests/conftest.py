@@ -1,0 +1,42 @@
+"""Shared test settings: CPU, few threads, reference tools located once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"reference tool '{name}' is missing: install Debian's bart and ismrmrd-tools "
+            "(.ci/run does this)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def ismrmrd_info() -> str:
+    return _tool("ismrmrd_info")
+
+
+@pytest.fixture(scope="session")
+def bart() -> str:
+    return _tool("bart")
+
+
+@pytest.fixture(scope="session")
+def cuda_device() -> torch.device:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device("cuda")
