@@ -69,7 +69,9 @@ def export_dicom(
     series_uids: dict[int, str] = {}
     peaks: dict[int, float] = {}
     for img in images:
-        peaks[img.image_series_index] = max(peaks.get(img.image_series_index, 0.0), float(np.abs(img.data).max()))
+        peaks[img.image_series_index] = max(
+            peaks.get(img.image_series_index, 0.0), float(np.abs(img.data).max())
+        )
     written: list[Path] = []
     instance = 0
     for img in images:
@@ -113,7 +115,9 @@ def export_dicom(
             ds.ImageOrientationPatient = [float(v) for v in (*r, *p)]
             ds.PixelSpacing = [dy, dx]
             ds.SliceThickness = dz
-            ds.SliceLocation = float(np.dot(pixel_position(img, z) + (nx // 2) * dx * r + (ny // 2) * dy * p, s))
+            ds.SliceLocation = float(
+                np.dot(pixel_position(img, z) + (nx // 2) * dx * r + (ny // 2) * dy * p, s)
+            )
             ds.Rows, ds.Columns = int(ny), int(nx)
             ds.SamplesPerPixel = 1
             ds.PhotometricInterpretation = "MONOCHROME2"

@@ -54,7 +54,9 @@ def epi_correction(connection: Any, *, keep_reference: bool = False) -> None:
                 c = corrections[key]
                 log.info("EPI slice %d: odd/even phase %.3f rad + %.4f rad/pixel", key[0], c.offset, c.slope)
             else:
-                log.warning("EPI slice %d: reference echoes of only one polarity; no ghost correction", key[0])
+                log.warning(
+                    "EPI slice %d: reference echoes of only one polarity; no ghost correction", key[0]
+                )
         if not reverse:
             connection.send(item)
             continue

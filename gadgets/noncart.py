@@ -49,7 +49,9 @@ def accumulate_trajectory(connection: Any) -> None:
         ref = ismrmrd.AcquisitionHeader.from_buffer_copy(acqs[0].getHead())
         sampled = torch.ones(1, len(acqs), dtype=torch.bool)
         connection.send(
-            KSpaceBuffer(data.to(device), sampled.to(device), ref, trajectory=traj.to(device), encoding_index=key[0])
+            KSpaceBuffer(
+                data.to(device), sampled.to(device), ref, trajectory=traj.to(device), encoding_index=key[0]
+            )
         )
 
     for item in connection:
@@ -69,7 +71,9 @@ def accumulate_trajectory(connection: Any) -> None:
         emit(key)
 
 
-def _coords(traj: torch.Tensor, units: str, matrix: tuple[int, int], fov_mm: tuple[float, float]) -> torch.Tensor:
+def _coords(
+    traj: torch.Tensor, units: str, matrix: tuple[int, int], fov_mm: tuple[float, float]
+) -> torch.Tensor:
     c = traj[..., :2].reshape(-1, 2).to(torch.float32)
     if units == "cycles_per_fov":
         return c
@@ -108,7 +112,9 @@ def nufft_recon(
     if method not in ("gridding", "cg-sense"):
         raise ValueError(f"method must be gridding or cg-sense, got '{method}'")
     if trajectory_units not in TRAJECTORY_UNITS:
-        raise ValueError(f"trajectory_units must be one of {', '.join(TRAJECTORY_UNITS)}, got '{trajectory_units}'")
+        raise ValueError(
+            f"trajectory_units must be one of {', '.join(TRAJECTORY_UNITS)}, got '{trajectory_units}'"
+        )
     for item in connection:
         if not isinstance(item, KSpaceBuffer) or item.trajectory is None:
             connection.send(item)

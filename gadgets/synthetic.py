@@ -39,7 +39,9 @@ def make_header(
     cky = eky // 2 if center_ky is None else center_ky
     traj = {t.value: t for t in xsd.trajectoryType}.get(trajectory)
     if traj is None:
-        raise ValueError(f"trajectory must be one of {[t.value for t in xsd.trajectoryType]}, got '{trajectory}'")
+        raise ValueError(
+            f"trajectory must be one of {[t.value for t in xsd.trajectoryType]}, got '{trajectory}'"
+        )
     enc = xsd.encodingType(
         encodedSpace=xsd.encodingSpaceType(
             matrixSize=xsd.matrixSizeType(x=nx * readout_oversampling, y=eky, z=1),
@@ -117,7 +119,8 @@ def trajectory_acquisitions(
     out = []
     for r in range(nr):
         a = ismrmrd.Acquisition.from_array(
-            np.ascontiguousarray(data[:, r], dtype=np.complex64), np.ascontiguousarray(traj[r], dtype=np.float32)
+            np.ascontiguousarray(data[:, r], dtype=np.complex64),
+            np.ascontiguousarray(traj[r], dtype=np.float32),
         )
         a.idx.kspace_encode_step_1 = r
         a.idx.slice = slice_index

@@ -62,7 +62,9 @@ def estimate_correction(positive: torch.Tensor, negative: torch.Tensor) -> Linea
         The linear phase to apply to negative echoes (``exp(iφ)``).
     """
     if positive.shape != negative.shape:
-        raise ValueError(f"reference echoes differ in shape: {tuple(positive.shape)} vs {tuple(negative.shape)}")
+        raise ValueError(
+            f"reference echoes differ in shape: {tuple(positive.shape)} vs {tuple(negative.shape)}"
+        )
     p = ifftnc(positive, -1)
     n = ifftnc(negative, -1)
     return fit_linear_phase(torch.sum(p * n.conj(), dim=0))

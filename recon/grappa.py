@@ -77,7 +77,9 @@ def _gather(k: torch.Tensor, ys: torch.Tensor, offsets: list[int], width: int) -
     return src.permute(2, 3, 0, 1, 4).reshape(nt * nx, nc * len(offsets) * width)
 
 
-def calibrate(acs: torch.Tensor, acceleration: int, block: int = 4, width: int = 5, lamda: float = 1e-4) -> GrappaKernel:
+def calibrate(
+    acs: torch.Tensor, acceleration: int, block: int = 4, width: int = 5, lamda: float = 1e-4
+) -> GrappaKernel:
     """Fit GRAPPA kernels on fully sampled calibration data.
 
     Args:

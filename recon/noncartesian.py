@@ -40,9 +40,10 @@ def density_compensation(p: nufft.NufftPlan, iterations: int = 10) -> torch.Tens
         shape[axis] = n
         blob = blob * torch.exp(-0.5 * (r / 2.0) ** 2).reshape(shape)
     blob = blob.to(torch.complex64)
-    gain = torch.vdot(blob.flatten(), nufft.adjoint(p, w * nufft.forward(p, blob)).flatten()).real / torch.vdot(
-        blob.flatten(), blob.flatten()
-    ).real
+    gain = (
+        torch.vdot(blob.flatten(), nufft.adjoint(p, w * nufft.forward(p, blob)).flatten()).real
+        / torch.vdot(blob.flatten(), blob.flatten()).real
+    )
     return w / gain
 
 

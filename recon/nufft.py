@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import product
 
 import torch
 
@@ -73,9 +72,7 @@ class NufftPlan:
     n_samples: int
 
 
-def plan(
-    coords: torch.Tensor, image_shape: tuple[int, ...], os: float = 2.0, width: int = 6
-) -> NufftPlan:
+def plan(coords: torch.Tensor, image_shape: tuple[int, ...], os: float = 2.0, width: int = 6) -> NufftPlan:
     """Precompute a NUFFT for sample positions ``coords`` (…, d) in cycles per FOV.
 
     Args:
@@ -122,7 +119,9 @@ def plan(
         shape[axis] = n
         apod = apod * _kb_ft(r / g, width, beta).reshape(shape)
     scale = math.sqrt(math.prod(grid) / math.prod(image_shape))
-    return NufftPlan(tuple(image_shape), grid, index, weight.to(torch.float32), apod.to(torch.float32), scale, M)
+    return NufftPlan(
+        tuple(image_shape), grid, index, weight.to(torch.float32), apod.to(torch.float32), scale, M
+    )
 
 
 def _pad_slices(image_shape: tuple[int, ...], grid: tuple[int, ...]) -> tuple[slice, ...]:

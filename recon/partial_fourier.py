@@ -59,7 +59,9 @@ def pocs(k: torch.Tensor, sampled: torch.Tensor, dim: int = -2, iterations: int 
     shape[dim] = n
     pos = torch.arange(n, device=k.device) - n // 2
     # Hann-windowed symmetric centre → smooth low-resolution phase.
-    win = torch.where(pos.abs() < half, 0.5 * (1 + torch.cos(torch.pi * pos / half)), torch.zeros((), device=k.device))
+    win = torch.where(
+        pos.abs() < half, 0.5 * (1 + torch.cos(torch.pi * pos / half)), torch.zeros((), device=k.device)
+    )
     phase = torch.exp(1j * torch.angle(ifftnc(k * win.reshape(shape).to(k.real.dtype), (-2, -1))))
     mask = sampled.reshape(shape)
     est = k

@@ -36,7 +36,9 @@ def ellipse_image(matrix: int, ellipses=ELLIPSES) -> torch.Tensor:
     return img.to(torch.float32)
 
 
-def ellipse_kspace(kx: np.ndarray | torch.Tensor, ky: np.ndarray | torch.Tensor, matrix: int, ellipses=ELLIPSES) -> torch.Tensor:
+def ellipse_kspace(
+    kx: np.ndarray | torch.Tensor, ky: np.ndarray | torch.Tensor, matrix: int, ellipses=ELLIPSES
+) -> torch.Tensor:
     """Exact k-space of the phantom at (kx, ky) in cycles per FOV; complex64, same shape as kx."""
     kx = np.asarray(kx, dtype=np.float64)
     ky = np.asarray(ky, dtype=np.float64)

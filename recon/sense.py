@@ -53,5 +53,7 @@ def cg_sense(
     mask = mask.to(k.real.dtype)
     rhs = torch.sum(maps.conj() * ifftnc(k * mask, (-2, -1)), dim=0)
     scale = float(rhs.abs().max()) or 1.0
-    res = conjugate_gradient(lambda x: sense_normal(x, maps, mask, lamda), rhs / scale, max_iter=max_iter, tol=tol)
+    res = conjugate_gradient(
+        lambda x: sense_normal(x, maps, mask, lamda), rhs / scale, max_iter=max_iter, tol=tol
+    )
     return CGResult(res.x * scale, res.iterations, res.residual_norms)

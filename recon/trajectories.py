@@ -30,7 +30,9 @@ def radial(n_spokes: int, n_samples: int, matrix: int, golden: bool = False) -> 
         float32 (n_spokes, n_samples, 2).
     """
     if n_spokes < 1 or n_samples < 2 or matrix < 2:
-        raise ValueError(f"need n_spokes >= 1, n_samples >= 2, matrix >= 2; got {n_spokes}, {n_samples}, {matrix}")
+        raise ValueError(
+            f"need n_spokes >= 1, n_samples >= 2, matrix >= 2; got {n_spokes}, {n_samples}, {matrix}"
+        )
     r = (torch.arange(n_samples, dtype=torch.float64) - n_samples // 2) * (matrix / n_samples)
     i = torch.arange(n_spokes, dtype=torch.float64)
     angles = i * GOLDEN_ANGLE if golden else i * math.pi / n_spokes

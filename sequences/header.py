@@ -67,13 +67,13 @@ def make_header(
     user_long: Mapping[str, int] | None = None,
     user_double: Mapping[str, float] | None = None,
     user_string: Mapping[str, str] | None = None,
-    diffusion: Sequence[tuple[tuple[float, float, float], float]] = (),
 ) -> mx.ismrmrdHeader:
     """Assemble an MRD header. Times in s, angles in rad, fields in T (converted to MRD units here).
 
-    ``diffusion`` lists (unit direction (rl, ap, fh), b-value [s/m^2]); MRD
-    stores b in s/mm^2. ``receiverChannels`` is left unset: the scanner (or
-    the simulator) knows its coils, the sequence does not.
+    ``receiverChannels`` is left unset: the scanner (or the simulator) knows
+    its coils, the sequence does not. Diffusion encodings go into user
+    parameters (see :mod:`sequences.epi`): the ``diffusion`` elements of MRD
+    >= 1.13 are not in the 1.8 schema that Debian's tools validate against.
     """
     enc_list = [_encoding(e) for e in encodings]
     def ms(values: Sequence[float]) -> list[float]:
@@ -87,15 +87,6 @@ def make_header(
         sequence_type=sequence_type,
         echo_spacing=ms(echo_spacing),
     )
-    if diffusion:
-        seq_params.diffusion = [
-            mx.diffusionType(
-                gradientDirection=mx.gradientDirectionType(rl=float(d[0]), ap=float(d[1]), fh=float(d[2])),
-                bvalue=float(b) * 1e-6,
-            )
-            for d, b in diffusion
-        ]
-        seq_params.diffusionDimension = mx.diffusionDimensionType.SET
     users = mx.userParametersType(
         userParameterLong=[
             mx.userParameterLongType(name=k, value=int(v)) for k, v in (user_long or {}).items()

@@ -21,8 +21,15 @@ N = 64
 
 def _sens(n: int, n_coils: int = 4) -> torch.Tensor:
     y, x = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
-    centres = [(1.2 * math.cos(a), 1.2 * math.sin(a)) for a in np.linspace(0, 2 * math.pi, n_coils, endpoint=False)]
-    s = torch.stack([torch.exp(-((x - a) ** 2 + (y - b) ** 2) / 2) * torch.exp(0.5j * (a * x - b * y)) for a, b in centres])
+    centres = [
+        (1.2 * math.cos(a), 1.2 * math.sin(a)) for a in np.linspace(0, 2 * math.pi, n_coils, endpoint=False)
+    ]
+    s = torch.stack(
+        [
+            torch.exp(-((x - a) ** 2 + (y - b) ** 2) / 2) * torch.exp(0.5j * (a * x - b * y))
+            for a, b in centres
+        ]
+    )
     return s.to(torch.complex64)
 
 
@@ -81,7 +88,7 @@ def test_cartesian_chain_completes_partial_fourier() -> None:
 
 @pytest.mark.parametrize("kind", ["radial", "spiral"])
 def test_noncartesian_chains_reconstruct(kind: str) -> None:
-    traj = trajectories.radial(100, 2 * N, N) if kind == "radial" else trajectories.spiral(8, 2000, N)
+    traj = trajectories.radial(100, 2 * N, N) if kind == "radial" else trajectories.spiral(16, 1500, N)
     coords = traj.reshape(-1, 2).numpy()
     single = ellipse_kspace(coords[:, 0], coords[:, 1], N).numpy().reshape(traj.shape[:2])
     data = single[None]  # one coil: the exact k-space of the phantom
@@ -91,7 +98,8 @@ def test_noncartesian_chains_reconstruct(kind: str) -> None:
     ky, kx = np.meshgrid(np.arange(N) - N // 2, np.arange(N) - N // 2, indexing="ij")
     reference = fft.ifftnc(ellipse_kspace(kx, ky, N)).abs().numpy().astype(np.float64)
     assert len(out) == 1 and out[0].data.shape == (1, 1, N, N)
-    assert _nrmse(out[0].data[0, 0], reference) < 0.15
+    # measured: radial 0.069, spiral 0.137 (gridding; the references cover the full square of k-space)
+    assert _nrmse(out[0].data[0, 0], reference) < {"radial": 0.08, "spiral": 0.15}[kind]
     assert out[0].meta["unisono.chain"] == kind
 
 
@@ -108,7 +116,9 @@ def test_radial_cg_sense_with_coils() -> None:
     truth = (S * img).abs().pow(2).sum(0).sqrt().numpy()
     grid = run_chain(load_chain("radial", overrides=OFF), header, acqs)[0].data[0, 0]
     cg = run_chain(
-        load_chain("radial", overrides={**OFF, "nufft": {"method": "cg-sense", "cg_iterations": 15}}), header, acqs
+        load_chain("radial", overrides={**OFF, "nufft": {"method": "cg-sense", "cg_iterations": 15}}),
+        header,
+        acqs,
     )[0].data[0, 0]
     assert _nrmse(cg, truth) < _nrmse(grid, truth)
     assert _nrmse(cg, truth) < 0.1

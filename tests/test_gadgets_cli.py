@@ -18,7 +18,8 @@ from gadgets import load_chain, read_images
 from unisono.cli import main
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("ismrmrd_generate_cartesian_shepp_logan") is None, reason="Debian ismrmrd-tools are not installed"
+    shutil.which("ismrmrd_generate_cartesian_shepp_logan") is None,
+    reason="Debian ismrmrd-tools are not installed",
 )
 
 
@@ -70,10 +71,23 @@ def test_unisono_recon_reports_bad_parameter(data: tuple[Path, np.ndarray], tmp_
 def test_unisono_serve_and_send_match_reference(data: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     raw, ref = data
     chain_file = tmp_path / "cartesian-plain.toml"
-    chain_file.write_text(Path(load_chain("cartesian").source).read_text().replace("enabled = true", "enabled = false"))
+    chain_file.write_text(
+        Path(load_chain("cartesian").source).read_text().replace("enabled = true", "enabled = false")
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "unisono", "serve", "--port", "0", "--raw-dir", str(tmp_path / "raw"), "--device", "cpu"],
+        [
+            sys.executable,
+            "-m",
+            "unisono",
+            "serve",
+            "--port",
+            "0",
+            "--raw-dir",
+            str(tmp_path / "raw"),
+            "--device",
+            "cpu",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,

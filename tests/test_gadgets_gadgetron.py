@@ -19,7 +19,8 @@ from gadgets import load_chain, read_raw, run_chain
 from gadgets.external import properties_from_config
 
 needs_tools = pytest.mark.skipif(
-    shutil.which("ismrmrd_generate_cartesian_shepp_logan") is None, reason="Debian ismrmrd-tools are not installed"
+    shutil.which("ismrmrd_generate_cartesian_shepp_logan") is None,
+    reason="Debian ismrmrd-tools are not installed",
 )
 
 CONFIG_XML = """<?xml version="1.0"?>
@@ -95,7 +96,9 @@ def test_python_m_gadgetron_runs_the_cartesian_chain(raw: Path) -> None:
     assert len(images) == 1
     img = images[0]
     # same reconstruction as unisono's own runtime with the same parameters
-    chain = load_chain("cartesian", overrides={"harmonize": {"enabled": False}, "finish": {"series_index": 7}})
+    chain = load_chain(
+        "cartesian", overrides={"harmonize": {"enabled": False}, "finish": {"series_index": 7}}
+    )
     expected = run_chain(chain, header, acqs)[0]
     assert np.array_equal(img.data, expected.data)
     assert img.image_series_index == 7

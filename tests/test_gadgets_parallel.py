@@ -55,7 +55,12 @@ def _nrmse(a: np.ndarray, ref: np.ndarray) -> float:
 # SENSE 0.019 / 0.068 (R = 2 / 3, 24 calibration lines)
 @pytest.mark.parametrize(
     ("chain", "R", "limit"),
-    [("cartesian-grappa", 2, 0.03), ("cartesian-grappa", 3, 0.04), ("cartesian-sense", 2, 0.03), ("cartesian-sense", 3, 0.09)],
+    [
+        ("cartesian-grappa", 2, 0.03),
+        ("cartesian-grappa", 3, 0.04),
+        ("cartesian-sense", 2, 0.03),
+        ("cartesian-sense", 3, 0.09),
+    ],
 )
 def test_parallel_imaging_chains_approach_fully_sampled(full, chain: str, R: int, limit: float) -> None:
     header, acqs, reference = full

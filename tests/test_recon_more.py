@@ -61,7 +61,9 @@ def test_pocs_rejects_one_sided_sampling() -> None:
 def _ndft_matrix(coords: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     ny, nx = shape
     ry, rx = torch.meshgrid(torch.arange(ny) - ny // 2, torch.arange(nx) - nx // 2, indexing="ij")
-    phase = coords[:, 1:2].double() * ry.reshape(1, -1) / ny + coords[:, 0:1].double() * rx.reshape(1, -1) / nx
+    phase = (
+        coords[:, 1:2].double() * ry.reshape(1, -1) / ny + coords[:, 0:1].double() * rx.reshape(1, -1) / nx
+    )
     return torch.exp(-2j * math.pi * phase) / math.sqrt(nx * ny)
 
 
@@ -119,7 +121,11 @@ def _nrmse(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     [("radial", 0.08, 0.05), ("spiral", 0.16, 0.08)],  # measured: radial 0.063 / 0.035, spiral 0.140 / 0.069
 )
 def test_noncartesian_phantoms_reconstruct(kind: str, grid_limit: float, cg_limit: float) -> None:
-    traj = trajectories.radial(int(math.pi * N / 2), 2 * N, N) if kind == "radial" else trajectories.spiral(16, 4000, N)
+    traj = (
+        trajectories.radial(int(math.pi * N / 2), 2 * N, N)
+        if kind == "radial"
+        else trajectories.spiral(16, 4000, N)
+    )
     coords = traj.reshape(-1, 2)
     y = torch.from_numpy(_analytic_kspace(coords[:, 0].double().numpy(), coords[:, 1].double().numpy()))
     y = y.to(torch.complex64)
@@ -142,7 +148,9 @@ def test_epi_ghost_correction_removes_nyquist_ghost() -> None:
     n = 64
     img = _phantom(n).to(torch.complex64)
     y, x = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
-    sens = torch.stack([torch.exp(-((x - 0.8) ** 2 + y**2)), torch.exp(-((x + 0.8) ** 2 + y**2))]).to(torch.complex64)
+    sens = torch.stack([torch.exp(-((x - 0.8) ** 2 + y**2)), torch.exp(-((x + 0.8) ** 2 + y**2))]).to(
+        torch.complex64
+    )
     k = fft.fftnc(sens * img)  # (coil, ky, kx), ideal
     # odd echoes: 0.7-sample readout delay and 0.4 rad phase, i.e. φ(x) = 0.4 + 2π·0.7·x/n in hybrid space
     truth_phase = epi.LinearPhase(0.4, 2 * math.pi * 0.7 / n)

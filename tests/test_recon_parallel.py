@@ -68,9 +68,16 @@ def test_espirit_recovers_known_sensitivities() -> None:
     y, x = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
     obj = ((x**2 + y**2) < 0.7).to(torch.complex64) * (1 + 0.3 * x)
     centres = [(1, 0), (-1, 0), (0, 1), (0, -1)]
-    S = torch.stack([torch.exp(-((x - a) ** 2 + (y - b) ** 2) / 1.5) * torch.exp(1j * (a * x + b * y)) for a, b in centres])
+    S = torch.stack(
+        [
+            torch.exp(-((x - a) ** 2 + (y - b) ** 2) / 1.5) * torch.exp(1j * (a * x + b * y))
+            for a, b in centres
+        ]
+    )
     S = (S / (S.abs() ** 2).sum(0).sqrt()).to(torch.complex64)
-    k = fft.fftnc(S * obj) + 1e-3 * torch.randn(4, n, n, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    k = fft.fftnc(S * obj) + 1e-3 * torch.randn(
+        4, n, n, dtype=torch.complex64, generator=torch.Generator().manual_seed(1)
+    )
     maps, ev = espirit.espirit_maps(k, calib_size=24)
     inside = (x**2 + y**2) < 0.6
     corr = (maps.conj() * S).sum(0).abs()  # |<map, true>| of unit vectors: 1 = same up to a phase

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "demo",
     "sequence",
     "simulate",
+    "scan",
     "recon",
     "serve",
     "send",

@@ -11,7 +11,9 @@ log = logging.getLogger("unisono.recon")
 
 def add_chain_options(p: argparse.ArgumentParser) -> None:
     """--chain and --set, shared by recon and send."""
-    p.add_argument("--chain", default="cartesian", help="shipped chain name or chain TOML file (default: cartesian)")
+    p.add_argument(
+        "--chain", default="cartesian", help="shipped chain name or chain TOML file (default: cartesian)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -23,7 +25,9 @@ def add_chain_options(p: argparse.ArgumentParser) -> None:
 
 def add_export_options(p: argparse.ArgumentParser) -> None:
     """--nifti and --dicom, shared by recon and send."""
-    p.add_argument("--nifti", metavar="DIR", help="also write NIfTI volumes (RAS affine) and JSON sidecars here")
+    p.add_argument(
+        "--nifti", metavar="DIR", help="also write NIfTI volumes (RAS affine) and JSON sidecars here"
+    )
     p.add_argument("--dicom", metavar="DIR", help="also write a DICOM MR series here")
 
 
@@ -53,7 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="MRD image file to write")
     add_chain_options(p)
     add_export_options(p)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)"
+    )
     p.set_defaults(handler=_run)
 
 

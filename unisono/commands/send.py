@@ -25,9 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import ismrmrd
-
     import sys
+
+    import ismrmrd
 
     from gadgets.client import RemoteChainError, send_stream
     from gadgets.mrdfile import read_raw

@@ -12,7 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw-dir", default="unisono-raw", help="where each connection's raw data are recorded")
     p.add_argument("--no-raw", action="store_true", help="do not record raw data")
     p.add_argument("--chains-dir", help="folder of extra chain TOML files clients may name")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)"
+    )
     p.set_defaults(handler=_run)
 
 
