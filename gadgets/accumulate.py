@@ -11,13 +11,14 @@ reconstruct.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ismrmrd
 import numpy as np
 import torch
 
+from gadgets.acqtools import header_copy
 from gadgets.buffers import KSpaceBuffer
 from gadgets.encoding import encoding_info
 
@@ -43,106 +44,146 @@ def group_key(acq: ismrmrd.Acquisition) -> tuple[int, ...]:
 
 @dataclass
 class _Group:
-    """Readouts of one group, kept as (coil, sample) lines until the trigger."""
+    """k-space of one group, filled line by line as readouts arrive (numpy: cheap per-line copies).
 
-    lines: list[tuple[int, int, int, np.ndarray, bool, bool]] = field(default_factory=list)
+    Copying each readout into place on arrival keeps the trigger (the last
+    readout of a slice) cheap: the image latency does not grow with the number
+    of lines.
+    """
+
+    ny: int
+    nz: int
+    off_y: int
+    off_z: int
+    data: np.ndarray | None = None  # (coil, nz, ny, nx) sums
+    count: np.ndarray | None = None  # (nz, ny) how many readouts each line got
+    calib: np.ndarray | None = None
+    calib_count: np.ndarray | None = None
     reference: ismrmrd.AcquisitionHeader | None = None
     reference_distance: int = 1 << 30
 
+    def _fit(self, ncoil: int, n: int, c: int, nx_min: int) -> None:
+        """Make sure a line of n samples with centre c fits (allocate or grow along kx)."""
+        need = max(nx_min, n, 2 * max(c, n - c))
+        if self.data is None:
+            self.data = np.zeros((ncoil, self.nz, self.ny, need), dtype=np.complex64)
+            self.count = np.zeros((self.nz, self.ny), dtype=np.int32)
+            return
+        if self.data.shape[0] != ncoil:
+            raise ValueError(f"readouts of one slice have {ncoil} and {self.data.shape[0]} channels")
+        nx = self.data.shape[-1]
+        if need > nx:
+            pad = (need - nx) // 2 + (need - nx) % 2
+            new = need if (need - nx) % 2 == 0 else need + 1
+            grown = np.zeros(self.data.shape[:-1] + (new,), dtype=np.complex64)
+            grown[..., pad : pad + nx] = self.data
+            self.data = grown
+            if self.calib is not None:
+                g2 = np.zeros_like(grown)
+                g2[..., pad : pad + nx] = self.calib
+                self.calib = g2
 
-def _build(
-    group: _Group, header: Any, enc_index: int, device: torch.device, readout_length: int | None
-) -> KSpaceBuffer:
-    info = encoding_info(header, enc_index)
-    ny, nz = info.encoded_matrix[1], info.encoded_matrix[2]
-    ncoil = group.lines[0][3].shape[0]
-    # Readout length: lines are centred so that center_sample lands on kx//2 (asymmetric echoes
-    # get zeros on the short side), which is what the centred FFT expects.
-    nx = readout_length or 0
-    for _, _, c, d, _, _ in group.lines:
-        n = d.shape[1]
-        nx = max(nx, n, 2 * max(c, n - c))
-    off_y = ny // 2 - info.center_step1
-    off_z = nz // 2 - info.center_step2 if nz > 1 else 0
-    data = torch.zeros((ncoil, nz, ny, nx), dtype=torch.complex64)
-    count = torch.zeros((nz, ny), dtype=torch.int32)
-    calib = None
-    calib_count = None
-    for ky, kz, c, d, is_img, is_cal in group.lines:
-        y, z = ky + off_y, kz + off_z
-        if not (0 <= y < ny and 0 <= z < nz):
+    def add(self, ky: int, kz: int, c: int, d: np.ndarray, is_img: bool, is_cal: bool, nx_min: int) -> None:
+        y, z = ky + self.off_y, kz + self.off_z
+        if not (0 <= y < self.ny and 0 <= z < self.nz):
             raise ValueError(
-                f"readout at encoding step ({ky}, {kz}) falls outside the encoded matrix "
-                f"{ny}x{nz} (centre {info.center_step1}, {info.center_step2})"
+                f"readout at encoding step ({ky}, {kz}) falls outside the encoded matrix {self.ny}x{self.nz}"
             )
-        if d.shape[0] != ncoil:
-            raise ValueError(f"readouts of one slice have {d.shape[0]} and {ncoil} channels")
-        x0 = nx // 2 - c
-        line = torch.from_numpy(d)
+        self._fit(d.shape[0], d.shape[1], c, nx_min)
+        assert self.data is not None and self.count is not None
+        x0 = self.data.shape[-1] // 2 - c
         if is_img:
-            data[:, z, y, x0 : x0 + d.shape[1]] += line
-            count[z, y] += 1
+            if self.count[z, y]:
+                self.data[:, z, y, x0 : x0 + d.shape[1]] += d
+            else:
+                self.data[:, z, y, x0 : x0 + d.shape[1]] = d
+            self.count[z, y] += 1
         if is_cal:
-            if calib is None:
-                calib = torch.zeros_like(data)
-                calib_count = torch.zeros_like(count)
-            calib[:, z, y, x0 : x0 + d.shape[1]] += line
-            calib_count[z, y] += 1
-    sampled = count > 0
-    # Average repeated acquisitions of the same line (averages): divide by the count.
-    data = data / torch.clamp(count, min=1).to(torch.float32)[None, :, :, None]
-    cal_mask = None
-    if calib is not None:
-        cal_mask = calib_count > 0
-        calib = (calib / torch.clamp(calib_count, min=1).to(torch.float32)[None, :, :, None]).to(device)
-    return KSpaceBuffer(
-        data=data.to(device),
-        sampled=sampled.to(device),
-        reference=group.reference,
-        calibration=calib,
-        calibration_sampled=cal_mask.to(device) if cal_mask is not None else None,
-        encoding_index=enc_index,
-    )
+            if self.calib is None:
+                self.calib = np.zeros_like(self.data)
+                self.calib_count = np.zeros_like(self.count)
+            assert self.calib_count is not None
+            self.calib[:, z, y, x0 : x0 + d.shape[1]] += d
+            self.calib_count[z, y] += 1
+
+    def build(self, device: torch.device, enc_index: int) -> KSpaceBuffer:
+        assert self.data is not None and self.count is not None and self.reference is not None
+        # average repeated acquisitions of a line (averages); most lines have count 1
+        many = self.count > 1
+        if many.any():
+            self.data[:, many] /= self.count[many].astype(np.float32)
+        cal = cal_mask = None
+        if self.calib is not None and self.calib_count is not None:
+            many = self.calib_count > 1
+            if many.any():
+                self.calib[:, many] /= self.calib_count[many].astype(np.float32)
+            cal = torch.from_numpy(self.calib).to(device)
+            cal_mask = torch.from_numpy(self.calib_count > 0).to(device)
+        return KSpaceBuffer(
+            data=torch.from_numpy(self.data).to(device),
+            sampled=torch.from_numpy(self.count > 0).to(device),
+            reference=self.reference,
+            calibration=cal,
+            calibration_sampled=cal_mask,
+            encoding_index=enc_index,
+        )
 
 
 def accumulate(connection: Any, *, readout_length: int = 0) -> None:
     """Collect Cartesian imaging readouts into k-space buffers and emit them on the trigger flags.
 
     Params:
-        readout_length: force the buffer's kx size (0: the longest centred readout).
+        readout_length: minimum kx size of the buffer (0: the longest centred readout).
 
-    Non-imaging readouts (noise, navigators, phase correction, feedback,
-    dummies) are passed on untouched for gadgets downstream that want them.
+    Readouts are placed so that ``center_sample`` lands on ``kx // 2`` and the
+    header's k-space centre line on ``ky // 2``; asymmetric echoes get zeros
+    on the short side.  Non-imaging readouts (noise, navigators, phase
+    correction, feedback, dummies) and readouts with a trajectory pass on
+    untouched for the gadgets downstream that want them.
     """
+    if readout_length < 0:
+        raise ValueError(f"readout_length must be >= 0, got {readout_length}")
     groups: dict[tuple[int, ...], _Group] = {}
     infos: dict[int, Any] = {}
     device = getattr(connection, "device", torch.device("cpu"))
 
     def emit(key: tuple[int, ...]) -> None:
         g = groups.pop(key)
-        if g.lines:
-            connection.send(_build(g, connection.header, key[0], device, readout_length or None))
+        if g.data is not None:
+            connection.send(g.build(device, key[0]))
 
     for item in connection:
-        if not isinstance(item, ismrmrd.Acquisition) or any(item.is_flag_set(f) for f in _SKIP_FLAGS):
+        if (
+            not isinstance(item, ismrmrd.Acquisition)
+            or item.trajectory_dimensions > 0
+            or any(item.is_flag_set(f) for f in _SKIP_FLAGS)
+        ):
             connection.send(item)
             continue
         key = group_key(item)
-        g = groups.setdefault(key, _Group())
+        info = infos.get(key[0]) or infos.setdefault(key[0], encoding_info(connection.header, key[0]))
+        g = groups.get(key)
+        if g is None:
+            ny, nz = info.encoded_matrix[1], max(1, info.encoded_matrix[2])
+            g = groups[key] = _Group(
+                ny=ny,
+                nz=nz,
+                off_y=ny // 2 - info.center_step1,
+                off_z=nz // 2 - info.center_step2 if nz > 1 else 0,
+            )
         is_cal = item.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION) or item.is_flag_set(
             ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING
         )
         is_img = not item.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
         ky, kz = item.idx.kspace_encode_step_1, item.idx.kspace_encode_step_2
-        g.lines.append((ky, kz, int(item.center_sample), np.asarray(item.data), is_img, is_cal))
+        g.add(ky, kz, int(item.center_sample), np.asarray(item.data), is_img, is_cal, readout_length)
         if is_img:
-            info = infos.get(key[0]) or infos.setdefault(key[0], encoding_info(connection.header, key[0]))
             dist = abs(ky - info.center_step1) + abs(kz - info.center_step2)
             if dist < g.reference_distance:
-                g.reference = ismrmrd.AcquisitionHeader.from_buffer_copy(item.getHead())
+                g.reference = header_copy(item)
                 g.reference_distance = dist
         elif g.reference is None:
-            g.reference = ismrmrd.AcquisitionHeader.from_buffer_copy(item.getHead())
+            g.reference = header_copy(item)
         if item.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
             emit(key)
         elif item.is_flag_set(ismrmrd.ACQ_LAST_IN_REPETITION) or item.is_flag_set(

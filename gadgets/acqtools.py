@@ -5,7 +5,20 @@ from __future__ import annotations
 import ismrmrd
 import numpy as np
 
-__all__ = ["copy_with_data"]
+__all__ = ["copy_with_data", "header_copy"]
+
+
+def header_copy(acq: ismrmrd.Acquisition) -> ismrmrd.AcquisitionHeader:
+    """An independent copy of an acquisition's header.
+
+    ``Acquisition.getHead()`` goes through ``copy.deepcopy`` of the ctypes
+    structure (~30 µs); copying the 340 header bytes directly takes ~1 µs,
+    which matters once per readout at hundreds of MB/s.
+    """
+    head = getattr(acq, "_head", None)
+    if isinstance(head, ismrmrd.AcquisitionHeader):
+        return ismrmrd.AcquisitionHeader.from_buffer_copy(head)
+    return ismrmrd.AcquisitionHeader.from_buffer_copy(acq.getHead())
 
 
 def copy_with_data(acq: ismrmrd.Acquisition, data: np.ndarray) -> ismrmrd.Acquisition:
@@ -14,7 +27,7 @@ def copy_with_data(acq: ismrmrd.Acquisition, data: np.ndarray) -> ismrmrd.Acquis
     The input is never modified: offline replay hands the caller's objects to
     the chain, and they must come back untouched.
     """
-    head = ismrmrd.AcquisitionHeader.from_buffer_copy(acq.getHead())
+    head = header_copy(acq)
     head.number_of_samples = data.shape[1]
     head.active_channels = data.shape[0]
     traj = acq.traj

@@ -29,6 +29,7 @@ GADGETS: dict[str, tuple[str, str]] = {
     "Harmonize": ("gadgets.harmonization", "harmonize"),
     "ImageFinish": ("gadgets.finishing", "image_finish"),
     "PassThrough": ("gadgets.passthrough", "pass_through"),
+    "MotionEstimation": ("gadgets.motion", "motion_estimation"),
 }
 
 

@@ -18,6 +18,7 @@ client's data to the end, sends one text message starting with
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import socket
@@ -30,7 +31,7 @@ import ismrmrd
 from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
 
 from gadgets.chain import Chain, load_chain, parse_chain, shipped_chain_path
-from gadgets.mrdfile import RawWriter
+from gadgets.recorder import TeeReader, stream_to_h5
 from gadgets.runtime import ChainError, RunningChain
 
 __all__ = ["MRDServer", "ERROR_PREFIX", "handle_stream"]
@@ -62,12 +63,14 @@ def _resolve_config(msg: Any, chains_dir: str | Path | None) -> Chain:
 def handle_stream(
     rfile: BinaryIO,
     wfile: BinaryIO,
-    raw_path: Path | None,
     chains_dir: str | Path | None = None,
     device: str = "cpu",
     label: str = "",
 ) -> str | None:
     """Serve one MRD v1 stream (reader side in this thread, replies from a sender thread).
+
+    Recording is the caller's business (wrap ``rfile`` in a
+    :class:`~gadgets.recorder.TeeReader`); this function parses and runs the chain.
 
     Returns:
         The error text sent to the client, or None on success.
@@ -94,7 +97,7 @@ def handle_stream(
     chain: Chain | None = None
     config_error: str | None = None
     rc: RunningChain | None = None
-    raw: RawWriter | None = None
+    header_seen = False
     sender: threading.Thread | None = None
 
     def pump(rc: RunningChain) -> None:
@@ -125,9 +128,7 @@ def handle_stream(
                     config_error = str(exc)
                     report(config_error)
             elif isinstance(msg, ismrmrd.xsd.ismrmrdHeader):
-                if raw_path is not None and raw is None:
-                    raw = RawWriter(raw_path, msg)
-                    log.info("%s: recording raw data to %s", label, raw_path)
+                header_seen = True
                 if chain is None and config_error is None:
                     config_error = "the header arrived before a config message (id 1 or 2) naming the chain"
                     report(config_error)
@@ -141,14 +142,12 @@ def handle_stream(
                     sender = threading.Thread(target=pump, args=(rc,), name=f"{label}-send", daemon=True)
                     sender.start()
             elif isinstance(msg, ismrmrd.Acquisition | ismrmrd.Waveform):
-                if raw is not None:
-                    raw.append(msg)
                 if rc is not None and rc.error is None:
                     try:
                         rc.put(msg)
                     except ChainError:
                         pass  # reported by the sender thread; keep recording the raw data
-                elif raw is None and rc is None and not errors:
+                elif not header_seen and not errors:
                     report("data arrived before the MRD header (message id 3)")
             elif isinstance(msg, str):
                 log.info("%s: client text: %s", label, msg[:200])
@@ -162,9 +161,6 @@ def handle_stream(
         report(f"malformed stream: {exc}")
         if rc is not None:
             rc.abort(str(exc))
-    finally:
-        if raw is not None:
-            raw.close()
     if rc is not None:
         if rc.error is None:
             try:
@@ -187,8 +183,9 @@ class MRDServer:
     Args:
         host: interface to bind (``127.0.0.1``; ``0.0.0.0`` for every interface).
         port: TCP port; 0 picks a free one (read it back from :attr:`port`).
-        raw_dir: where each connection's raw data are recorded (``<time>_<n>.h5``);
-            None disables recording.
+        raw_dir: where each connection's raw data are recorded: the received bytes go to
+            ``<time>_<n>.mrd`` as they arrive and become ``<time>_<n>.h5`` (MRD HDF5) when the
+            connection ends (see :mod:`gadgets.recorder`); None disables recording.
         chains_dir: extra chain files clients may name (besides the shipped ones).
         device: ``auto``, ``cpu`` or ``cuda`` for every chain.
     """
@@ -257,22 +254,33 @@ class MRDServer:
 
     def _serve(self, conn: socket.socket, addr: Any, n: int) -> None:
         label = f"connection {n} from {addr[0]}:{addr[1]}"
-        raw_path = None
+        stem = None
         if self.raw_dir is not None:
-            raw_path = self.raw_dir / f"{time.strftime('%Y%m%dT%H%M%S')}_{n:04d}.h5"
-            self.raw_files.append(raw_path)
+            stem = self.raw_dir / f"{time.strftime('%Y%m%dT%H%M%S')}_{n:04d}"
         try:
             conn.settimeout(None)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with (
-                conn,
-                conn.makefile("rb", buffering=1 << 20) as rfile,
-                conn.makefile("wb", buffering=1 << 20) as wfile,
-            ):
-                handle_stream(rfile, wfile, raw_path, self.chains_dir, self.device, label)
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(conn)
+                rfile = stack.enter_context(conn.makefile("rb", buffering=1 << 20))
+                wfile = stack.enter_context(conn.makefile("wb", buffering=1 << 20))
+                source: Any = rfile
+                if stem is not None:
+                    sink = stack.enter_context(open(stem.with_suffix(".mrd"), "wb", buffering=1 << 20))
+                    source = TeeReader(rfile, sink)
+                    log.info("%s: recording raw data to %s", label, stem.with_suffix(".mrd"))
+                handle_stream(source, wfile, self.chains_dir, self.device, label)
         except OSError as exc:
             log.warning("%s: socket error %s", label, exc)
         finally:
+            if stem is not None:
+                # after the client has its answer: the HDF5 conversion is off the streaming path
+                try:
+                    stream_to_h5(stem.with_suffix(".mrd"), stem.with_suffix(".h5"))
+                    if stem.with_suffix(".h5").exists():
+                        self.raw_files.append(stem.with_suffix(".h5"))
+                except Exception as exc:  # noqa: BLE001 - keep the .mrd stream file if conversion fails
+                    log.error("%s: raw stream to HDF5 failed (%s); kept %s.mrd", label, exc, stem)
             with self._lock:
                 self._conns.discard(threading.current_thread())
 

@@ -114,7 +114,7 @@ def cartesian_acquisitions(
 def trajectory_acquisitions(
     data: np.ndarray, traj: np.ndarray, dwell_us: float = 5.0, slice_index: int = 0
 ) -> list[ismrmrd.Acquisition]:
-    """One acquisition per readout of ``data`` (coil, readouts, samples) with ``traj`` (readouts, samples, dims)."""
+    """One acquisition per readout: ``data`` (coil, readouts, samples), ``traj`` (readouts, samples, dims)."""
     nc, nr, ns = data.shape
     out = []
     for r in range(nr):

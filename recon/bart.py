@@ -35,7 +35,7 @@ def write_cfl(path: str | Path, array: np.ndarray) -> None:
 
 
 def read_cfl(path: str | Path) -> np.ndarray:
-    """Read a BART array as a C-order numpy array with reversed dims (trailing singleton BART dims dropped)."""
+    """Read a BART array as a C-order array with reversed dims (trailing singleton BART dims dropped)."""
     base = _base(path)
     lines = base.with_suffix(".hdr").read_text().splitlines()
     dims = [int(d) for d in lines[1].split()]

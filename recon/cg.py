@@ -47,8 +47,9 @@ def conjugate_gradient(
     rs = torch.vdot(r.flatten(), r.flatten()).real
     bnorm = float(torch.linalg.vector_norm(b)) or 1.0
     history: list[float] = []
-    it = 0
-    for it in range(1, max_iter + 1):
+    iterations = 0
+    for _ in range(max_iter):
+        iterations += 1
         Ap = A(p)
         denom = torch.vdot(p.flatten(), Ap.flatten()).real
         if float(denom) <= 0:
@@ -62,4 +63,4 @@ def conjugate_gradient(
             break
         p = r + (rs_new / rs) * p
         rs = rs_new
-    return CGResult(x, it, tuple(history))
+    return CGResult(x, iterations, tuple(history))

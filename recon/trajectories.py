@@ -52,7 +52,8 @@ def spiral(n_interleaves: int, n_samples: int, matrix: int) -> torch.Tensor:
     """
     if n_interleaves < 1 or n_samples < 2 or matrix < 2:
         raise ValueError(
-            f"need n_interleaves >= 1, n_samples >= 2, matrix >= 2; got {n_interleaves}, {n_samples}, {matrix}"
+            f"need n_interleaves >= 1, n_samples >= 2, matrix >= 2; "
+            f"got {n_interleaves}, {n_samples}, {matrix}"
         )
     kmax = matrix / 2
     turns = kmax / n_interleaves

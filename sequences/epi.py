@@ -268,8 +268,10 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
                 f"TE = {p['TE'] * 1e3:.3f} ms is below the minimum of {2 * need * 1e3:.3f} ms that system "
                 f"{system.name} allows for b = {b_max * 1e-6:g} s/mm^2 with these settings."
             )
-        te_actual = 2 * half
-        c, e = half - first_min, half - second_min
+        # delays on the block raster; the k-space centre may then sit a fraction of a raster off the
+        # spin echo (EPI centre sample not on the raster), which TE reports exactly
+        c, e = round_to(half - first_min, rb), round_to(half - second_min, rb)
+        te_actual = half + second_min + e
         module = exc.duration + c + 2 * d_diff + 2 * d_crush + ref.duration + e + readout_to_centre
         module += -train.centre_time() + train.n_lines * train.d_line + (train.n_lines - 1) * train.d_blip + d_spoil
         encodings = []

@@ -240,9 +240,10 @@ def compile_block(
         info.events.append(Free(duration, rot @ grads.total))
         return info
 
+    edge_moments: dict[float, np.ndarray] = {}
+
     def moment(t0: float, t1: float) -> np.ndarray:
-        m = grads.integral(np.array([t0, t1]))
-        return rot @ (m[:, 1] - m[:, 0])
+        return rot @ (edge_moments[t1] - edge_moments[t0])
 
     windows: list[tuple[float, float, str]] = []
     pulse = None
@@ -305,6 +306,10 @@ def compile_block(
         )
         windows.append((start, start + n * dwell, "adc"))
     windows.sort()
+    # moments at every window edge in one vectorised evaluation per axis
+    edges = sorted({0.0, duration, *(w[0] for w in windows), *(w[1] for w in windows)})
+    m_edges = grads.integral(np.array(edges))
+    edge_moments.update({e: m_edges[:, j] for j, e in enumerate(edges)})
     for (a0, a1, _), (b0, _, _) in zip(windows, windows[1:], strict=False):
         if b0 < a1 - 1e-9:
             raise SequenceError(f"block {index}: RF and ADC overlap in time, which is not supported")

@@ -22,6 +22,13 @@ from simulator.spins import Spins, build_spins
 
 log = logging.getLogger(__name__)
 
+#: motion is applied in pose steps: a new pose (and RF rotations recomputed for it) once the
+#: trajectory has moved by more than this (mm, deg) since the last applied pose
+MOTION_STEP_MM = 0.1
+MOTION_STEP_DEG = 0.1
+#: receive sensitivities are re-evaluated after spins moved by more than this (m)
+SENS_UPDATE_M = 1e-3
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """'auto' -> CUDA when torch sees it, else CPU; 'cpu' / 'cuda' / 'cuda:N' as given."""
@@ -55,13 +62,18 @@ def load_sequence(seq_or_path):
     return seq
 
 
-def spin_fields(spins: Spins, site: Site, pos: torch.Tensor, device: torch.device) -> SpinFields:
+def spin_fields(
+    spins: Spins, site: Site, pos: torch.Tensor, device: torch.device, sens: torch.Tensor | None = None
+) -> SpinFields:
     """Per-spin fields at scanner positions ``pos`` (N, 3) m: B0/B1+ maps and coil sensitivities.
 
     The site's fields and coils are fixed in the scanner, so a moving head sees them change.
+    ``sens`` (C, N) reuses already computed receive sensitivities.
     """
     pos = pos.to(torch.float32)
-    sens = site.coil_sensitivities(pos) * spins.m0[None, :]
+    if sens is None:
+        sens = site.coil_sensitivities(pos)
+    sens = sens * spins.m0[None, :]
     return SpinFields(
         pos=pos.to(device),
         pos64=pos.to(torch.float64).to(device),
@@ -89,7 +101,9 @@ def plan_adcs(seq, header_trajectory: str) -> _AdcPlan:
     """
     state: dict[str, int] = {}
     labels: list[dict[str, int]] = []
-    for i in seq.block_events:
+    for i, ids in seq.block_events.items():
+        if not ids[6] and not ids[5]:
+            continue  # neither labels (extensions) nor an ADC: nothing to evaluate
         block = seq.get_block(i)
         apply_labels(block, int(i), state)
         if block.adc is not None:
@@ -197,7 +211,7 @@ def correct_pulse(p: Pulse, k_abs: np.ndarray, t_m: np.ndarray) -> Pulse:
 
 def correct_readout(ro: Readout, k_abs: np.ndarray, t_m: np.ndarray) -> Readout:
     """Receiver phase-tracked for a head translated by ``t_m``: the sample times e^{+i 2 pi K.t}."""
-    theta = -2 * math.pi * ((k_abs[:, None] + ro.kmom).T @ t_m)
+    theta = 2 * math.pi * ((k_abs[:, None] + ro.kmom).T @ t_m)
     pm = theta if ro.phase_modulation is None else ro.phase_modulation + theta
     return replace(ro, phase_modulation=pm)
 
@@ -261,6 +275,7 @@ def simulate(
     adc_i = 0
     n_blocks = 0
     current_pose = None
+    sens_pos = sens = None
     grad_cache: dict = {}
     k_abs = np.zeros(3)  # physical gradient moment since the start (cycles/m), for PMC phases
     for i in seq.block_events:
@@ -268,9 +283,13 @@ def simulate(
         apply_labels(block, int(i), state)
         if motion is not None:
             pose = motion.transform_at(t_seq)
-            if current_pose is None or not pose.close_to(current_pose):
+            if current_pose is None or not pose.close_to(current_pose, MOTION_STEP_MM, MOTION_STEP_DEG):
                 current_pose = pose
-                engine.set_fields(spin_fields(spins, site, pose.apply(spins.voxel_pos), dev))
+                pos = pose.apply(spins.voxel_pos)
+                # receive maps are smooth: re-evaluate them only after a move of > 1 mm
+                if sens_pos is None or float((pos - sens_pos).norm(dim=1).max()) > SENS_UPDATE_M:
+                    sens_pos, sens = pos, site.coil_sensitivities(pos.to(torch.float32))
+                engine.set_fields(spin_fields(spins, site, pos, dev, sens))
         if feedback is not None:
             fb = feedback()
             if fb is not None:

@@ -19,8 +19,7 @@ def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(
-            f"reference tool '{name}' is missing: install Debian's bart and ismrmrd-tools "
-            "(.ci/run does this)"
+            f"reference tool '{name}' is missing: install Debian's bart and ismrmrd-tools (.ci/run does this)"
         )
     return path
 

@@ -143,9 +143,12 @@ def test_server_and_client_over_loopback_match_reference(shepp: dict[str, Path],
     ref = _reference(shepp["tmp"], shepp["plain"])
     with MRDServer(port=0, raw_dir=tmp_path / "raw") as server:
         images = send_file(shepp["plain"], port=server.port, chain_text=chain_text)
-        # the shipped chain by name works too (with harmonization, so only check it arrives)
+        # the shipped chain by name works too: harmonized series plus the original series
         named = send_file(shepp["plain"], port=server.port, chain="cartesian")
-    assert len(images) == 1 and len(named) == 1
+    assert len(images) == 1 and len(named) == 2
+    assert sorted(im.meta["unisono.series"] for im in named) == ["harmonized", "original"]
+    original = next(im for im in named if im.meta["unisono.series"] == "original")
+    assert nrmse_scaled(original.data[0, 0], ref) < 1e-4
     assert nrmse_scaled(images[0].data[0, 0], ref) < 1e-4
     assert images[0].meta["unisono.chain"] == "cartesian"
     assert named[0].meta["unisono.chain_sha256"] == load_chain("cartesian").sha256

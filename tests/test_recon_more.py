@@ -1,4 +1,4 @@
-"""Partial Fourier (POCS), NUFFT (dot-product test, accuracy, radial/spiral recon) and EPI ghost correction."""
+"""Partial Fourier (POCS), NUFFT (dot-product test, accuracy, radial/spiral) and EPI ghost correction."""
 
 from __future__ import annotations
 

@@ -149,7 +149,7 @@ def test_epi_lines_and_ghost_reference(built, kspace, protocol, system):
     i = np.arange(n_s)
     n_ref = b.params["n_ref_lines"]
     refs = [(e, kk) for e, kk in zip(events, k, strict=True) if e.labels["NAV"]]
-    n_sets = len(b.params["diffusion_encodings"])
+    n_sets = len(b.params["diffusion_encodings"]) * b.params["n_repetitions"]
     assert len(refs) == n_ref * n_sets
     for e, kk in refs:  # reference lines: ky = 0, alternating polarity, no blips
         assert e.labels["LIN"] == N // 2
@@ -272,7 +272,7 @@ def test_vendor_agnostic_identical_sampling_and_timing(built, kspace, protocol):
     ("protocol", "overrides", "weak", "strong", "field"),
     [
         ("gre2d", {"matrix": 32, "slice_thickness": 1.0}, "vendor_c_1p5t", "vendor_a_3t", "slice_thickness"),
-        ("epi2d", {"matrix": 32, "readout_bandwidth": 4000, "fov": 100}, "vendor_c_1p5t", "vendor_a_3t",
+        ("epi2d", {"matrix": 32, "readout_bandwidth": 4000, "fov": 80}, "vendor_c_1p5t", "vendor_a_3t",
          "readout_bandwidth"),
         ("spiral2d", {"matrix": 32, "design_max_grad": 40}, "vendor_c_1p5t", "vendor_a_3t", "design_max_grad"),
         ("dwi_epi", {"matrix": 32, "TE": 70}, "vendor_c_1p5t", "vendor_a_3t", "TE"),
@@ -292,7 +292,7 @@ def test_documented_refusal_on_weaker_hardware(protocol, overrides, weak, strong
     [
         ("tse2d", {"TE": 35}, "TE"),  # not a multiple of the echo spacing
         ("tse2d", {"echo_train_length": 12}, "echo_train_length"),  # does not divide 128
-        ("tse2d", {"TR": 100}, "TR"),  # shorter than the slice's echo train
+        ("tse2d", {"TR": 60}, "TR"),  # shorter than the slice's echo train
         ("se2d", {"TE": 6}, "TE"),
         ("gre3d", {"TE": 1}, "TE"),
         ("dwi_epi", {"diffusion_directions": [[0, 0, 0]]}, "diffusion_directions"),

@@ -1,4 +1,4 @@
-"""unisono command line: wires subcommands to the packages (sequences, simulator, recon, gadgets, harmonize)."""
+"""unisono command line: wires subcommands to sequences, simulator, recon, gadgets and harmonize."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -67,9 +67,7 @@ def _progress(print_fn: Callable[[str], None], step: str, message: str) -> None:
 def run_demo(config: DemoConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Run the whole chain and return the summary (also written to ``summary.json``)."""
     # Heavy imports here: `unisono --help` must stay instant.
-    import gadgets
     import sequences
-    import simulator
     from gadgets.server import MRDServer
 
     out = Path(config.out)
@@ -96,9 +94,7 @@ def run_demo(config: DemoConfig, print_fn: Callable[[str], None] = print) -> dic
     results: list[SiteResult] = []
     try:
         for index, site_name in enumerate(config.sites):
-            results.append(
-                _scan_site(config, built, seq_path, site_name, index, server.port, out, print_fn)
-            )
+            results.append(_scan_site(config, built, seq_path, site_name, index, server.port, out, print_fn))
     finally:
         server.stop()
 
@@ -227,7 +223,6 @@ def _scan_site(config, built, seq_path, site_name, index, port, out, print_fn) -
 
 
 def _series(image) -> str:
-    import ismrmrd
 
     return str(image.meta.get("unisono.series", "original"))
 

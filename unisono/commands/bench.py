@@ -17,6 +17,7 @@ BENCHMARKS = {
     "recon": "recon.benchmark",
     "stream": "gadgets.benchmark",
     "harmonize": "harmonize.benchmark",
+    "motion": "unisono.motion_bench",
 }
 
 

@@ -1,0 +1,194 @@
+"""Motion estimation gadget: rigid head pose from navigators (or low-resolution images), sent back as feedback.
+
+A thin adapter over :mod:`recon.registration`: it picks the navigator readouts
+(``ACQ_IS_NAVIGATION_DATA``, ``SEG`` = axis: 0 = x projection, 1 = y) out of
+the stream, keeps the first complete pair as the reference, and after every
+later pair emits one feedback text message (:mod:`gadgets.feedback`) before
+passing the navigator on. Everything it receives goes on unchanged, so it can
+sit anywhere before the accumulation; put it first for the shortest latency.
+
+Under prospective correction a navigator sees only the residual motion r; the
+scanner tags each readout with the pose a it applied (``gadgets.feedback``),
+and the head pose sent back is a ∘ r.
+
+With ``method = "image"`` the gadget instead reconstructs a low-resolution
+magnitude image of every repetition (central ``lowres_lines`` k-space lines,
+FFT, root-sum-of-squares) and registers it to the first repetition's image
+(2D in-plane: tx, ty, rz; 3D data: all six) -- slower feedback, but it sees
+rotations the two projection navigators cannot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ismrmrd
+import numpy as np
+import torch
+
+from gadgets.feedback import MotionFeedback, applied_pose, compose, encode
+from recon.fft import ifftnc
+from recon.registration import projection_shift, register_rigid
+
+__all__ = ["motion_estimation", "TIME_TICK_S"]
+
+log = logging.getLogger(__name__)
+
+#: MRD acquisition_time_stamp tick (s), as Siemens and the simulator count it
+TIME_TICK_S = 2.5e-3
+_METHODS = ("navigator", "image")
+
+
+@dataclass
+class _NavState:
+    """Reference and latest navigator readouts per axis (0 = x, 1 = y)."""
+
+    reference: dict[int, torch.Tensor] = field(default_factory=dict)
+    reference_pose: tuple[np.ndarray, np.ndarray] | None = None
+    latest: dict[int, ismrmrd.Acquisition] = field(default_factory=dict)
+
+
+def _sample_spacing_mm(header: Any, enc_index: int, n_samples: int) -> float:
+    """Image-space spacing along a readout of ``n_samples``: encoded readout FOV / samples (mm)."""
+    enc = header.encoding[enc_index].encodedSpace
+    return float(enc.fieldOfView_mm.x) / n_samples
+
+
+def motion_estimation(
+    connection: Any,
+    *,
+    method: str = "navigator",
+    emit_feedback: bool = True,
+    lowres_lines: int = 32,
+    min_interval_s: float = 0.0,
+) -> None:
+    """Estimate rigid motion in the stream and send :mod:`gadgets.feedback` messages back.
+
+    Params:
+        method: ``navigator`` (projection navigators, x/y translation, low latency) or
+            ``image`` (per-repetition low-resolution image registration).
+        emit_feedback: send the feedback texts (off = estimate and log only).
+        lowres_lines: image method: central phase-encoding lines (and 2x as many readout
+            samples) of the low-resolution image.
+        min_interval_s: do not send feedback more often than this (sequence time, s).
+    """
+    if method not in _METHODS:
+        raise ValueError(f"motion gadget parameter 'method' must be one of {_METHODS}, got {method!r}")
+    if lowres_lines < 8:
+        raise ValueError(f"motion gadget parameter 'lowres_lines' must be >= 8, got {lowres_lines}")
+    state = _NavState()
+    images: dict[int, dict[int, np.ndarray]] = {}
+    reference_image: tuple[torch.Tensor, tuple[float, ...], tuple[np.ndarray, np.ndarray]] | None = None
+    seq = 0
+    last_sent_s = -np.inf
+
+    def send_estimate(acq: ismrmrd.Acquisition, t_mm, r_deg, observed, how: str, t_in: float) -> None:
+        nonlocal seq, last_sent_s
+        time_s = int(acq.acquisition_time_stamp) * TIME_TICK_S
+        if not emit_feedback or time_s - last_sent_s < min_interval_s:
+            return
+        fb = MotionFeedback(
+            seq=seq,
+            scan_counter=int(acq.scan_counter),
+            acquisition_time_stamp=int(acq.acquisition_time_stamp),
+            translation_mm=tuple(float(v) for v in t_mm),  # type: ignore[arg-type]
+            rotation_deg=tuple(float(v) for v in r_deg),  # type: ignore[arg-type]
+            observed=observed,
+            time_s=time_s,
+            method=how,
+            processing_ms=(time.perf_counter() - t_in) * 1e3,
+        )
+        connection.send(encode(fb))
+        seq += 1
+        last_sent_s = time_s
+
+    for item in connection:
+        t_in = time.perf_counter()
+        if not isinstance(item, ismrmrd.Acquisition) or item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+            connection.send(item)
+            continue
+        if method == "navigator" and item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
+            axis = int(item.idx.segment)
+            if axis in (0, 1):
+                state.latest[axis] = item
+                # a pair is complete when its y projection (played after x) arrives
+                if axis == 1 and 0 in state.latest:
+                    est = _navigator_pair(state, connection.header)
+                    if est is not None:
+                        send_estimate(item, est[0], est[1], (True, True, False, False, False, False),
+                                      "navigator-projection", t_in)  # fmt: skip
+            connection.send(item)
+            continue
+        if method == "image" and not item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
+            rep = int(item.idx.repetition)
+            images.setdefault(rep, {})[int(item.idx.kspace_encode_step_1)] = np.asarray(item.data)
+            done = item.is_flag_set(ismrmrd.ACQ_LAST_IN_REPETITION) or item.is_flag_set(
+                ismrmrd.ACQ_LAST_IN_MEASUREMENT
+            )
+            if done:
+                lines = images.pop(rep)
+                img, spacing = _lowres_image(lines, connection.header, lowres_lines)
+                pose = applied_pose(item)[:2]
+                if reference_image is None:
+                    reference_image = (img, spacing, pose)
+                else:
+                    est = register_rigid(img, reference_image[0], spacing)
+                    head = compose(pose, (np.asarray(est.translation_mm), np.asarray(est.rotation_deg)))
+                    observed = (True, True, False, False, False, True) if img.ndim == 2 else (True,) * 6
+                    send_estimate(item, head[0], head[1], observed, "image-registration", t_in)
+        connection.send(item)
+
+
+def _navigator_pair(state: _NavState, header: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Head pose (translation mm, rotation deg) from the latest x/y navigator pair; None for the reference."""
+    nav_x, nav_y = state.latest[0], state.latest[1]
+    data = {a: torch.from_numpy(np.asarray(acq.data)) for a, acq in ((0, nav_x), (1, nav_y))}
+    if not state.reference:
+        state.reference = data
+        state.reference_pose = applied_pose(nav_y)[:2]
+        state.latest.clear()
+        return None
+    residual = np.zeros(3)
+    for a, acq in ((0, nav_x), (1, nav_y)):
+        spacing = _sample_spacing_mm(header, int(acq.encoding_space_ref), int(acq.number_of_samples))
+        residual[a] = projection_shift(data[a], state.reference[a], spacing)
+    state.latest.clear()
+    # the navigator was encoded in the frame the scanner applied; the reference in its own
+    applied = applied_pose(nav_y)[:2]
+    head = compose(applied, (residual, np.zeros(3)))
+    assert state.reference_pose is not None
+    ref_t, ref_r = state.reference_pose
+    if np.any(ref_t) or np.any(ref_r):
+        # reference taken under a correction: express the pose relative to the head at the reference
+        from gadgets.feedback import angles_from_matrix, rotation_matrix
+
+        rr = rotation_matrix(ref_r)
+        rel_r = rr.T @ rotation_matrix(head[1])
+        rel_t = rr.T @ (head[0] - ref_t)
+        return rel_t, np.asarray(angles_from_matrix(rel_r))
+    return head
+
+
+def _lowres_image(
+    lines: dict[int, np.ndarray], header: Any, lowres_lines: int
+) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Magnitude (y, x) image from the central ``lowres_lines`` lines of one repetition, and its spacing (mm)."""
+    enc = header.encoding[0]
+    ny = int(enc.encodedSpace.matrixSize.y)
+    ncoil, nx = next(iter(lines.values())).shape
+    n = min(lowres_lines, ny)
+    k = torch.zeros(ncoil, n, nx, dtype=torch.complex64)
+    lo = ny // 2 - n // 2
+    for line, d in lines.items():
+        if lo <= line < lo + n:
+            k[:, line - lo] = torch.from_numpy(d)
+    fov_x = float(enc.encodedSpace.fieldOfView_mm.x)
+    fov_y = float(enc.encodedSpace.fieldOfView_mm.y)
+    # m readout samples around k = 0 span the same k extent along x as the n lines along y
+    m = min(nx, 2 * round(n * fov_x / fov_y / 2))
+    k = k[..., nx // 2 - m // 2 : nx // 2 - m // 2 + m]
+    img = ifftnc(k, (-2, -1)).abs().square().sum(0).sqrt()
+    return img, (fov_y / n, fov_x / m)

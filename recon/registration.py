@@ -1,0 +1,282 @@
+"""Rigid motion estimation: projection-navigator shifts and rigid image registration (pure torch).
+
+Two estimators, both against a reference:
+
+* :func:`projection_shift` -- the translation along one axis from a k-space line through the
+  centre (a projection navigator). A shift ``t`` of the object multiplies the line by
+  ``exp(-i 2 pi k t)`` (Fourier shift theorem), so the phase of the coil-summed cross-power
+  spectrum is linear in ``k`` with slope ``-2 pi t``. An integer-sample phase-correlation peak
+  (on an upsampled grid) removes phase wraps, then a magnitude-weighted least-squares fit of
+  the residual phase gives the sub-sample shift in closed form.
+* :func:`register_rigid` -- rigid registration of a 2D (y, x) or 3D (z, y, x) magnitude image to
+  a reference by Gauss-Newton / Levenberg-Marquardt on the rigid parameters, with the analytic
+  Jacobian (warped image gradient times the pose derivative), coarse to fine.
+
+Conventions: the returned :class:`RigidEstimate` says where the head went: a point ``p`` of the
+reference is at ``R p + t`` in the moving data, ``R = Rz Ry Rx`` (degrees about x, y, z),
+``t`` in mm; array axes (z, y, x) are the physical z, y, x axes with the image centre
+(index ``n // 2``) at the origin, as the centred FFT places it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["RigidEstimate", "projection_shift", "register_rigid", "rotation_matrix_t", "warp_rigid"]
+
+
+@dataclass(frozen=True)
+class RigidEstimate:
+    """A rigid pose: translation (tx, ty, tz) mm and rotation (rx, ry, rz) deg; cost = final mean squared residual."""
+
+    translation_mm: tuple[float, float, float]
+    rotation_deg: tuple[float, float, float]
+    cost: float = 0.0
+    iterations: int = 0
+
+
+def projection_shift(
+    line: torch.Tensor, reference: torch.Tensor, sample_spacing_mm: float, upsample: int = 8
+) -> float:
+    """Shift (mm) of the object along a navigator's readout axis relative to the reference.
+
+    Args:
+        line: complex (coil, n) k-space samples through the k-space centre (sample ``n // 2``
+            is k = 0, as for the project's readouts), or (n,) single-coil.
+        reference: the same readout of the reference navigator, same shape.
+        sample_spacing_mm: image-space sample spacing along the readout (mm), i.e. the encoded
+            FOV along the readout divided by the number of samples.
+        upsample: zero-padding factor of the coarse phase-correlation search.
+
+    Returns:
+        The shift in mm (positive = the object moved towards +axis).
+    """
+    if line.shape != reference.shape:
+        raise ValueError(
+            f"navigator shape {tuple(line.shape)} differs from the reference's {tuple(reference.shape)}"
+        )
+    if line.ndim == 1:
+        line, reference = line[None], reference[None]
+    if line.ndim != 2 or line.shape[-1] < 8:
+        raise ValueError(f"navigator must be (coil, n) with n >= 8 samples, got {tuple(line.shape)}")
+    n = line.shape[-1]
+    cross = (line.to(torch.complex128) * reference.to(torch.complex128).conj()).sum(0)  # (n,)
+    mag = cross.abs()
+    if float(mag.max()) == 0.0:
+        raise ValueError("navigator and reference have no common signal (all-zero cross-power)")
+    k = torch.arange(n, dtype=torch.float64) - n // 2  # cycles per FOV (readout FOV = n samples)
+    # coarse: phase-correlation peak on an upsampled grid; the normalised spectrum makes the
+    # peak sharp, zero-padding in k interpolates it to 1/upsample of a sample
+    norm = cross / mag.clamp_min(mag.max() * 1e-6)
+    m = n * upsample
+    padded = torch.zeros(m, dtype=torch.complex128)
+    padded[m // 2 - n // 2 : m // 2 - n // 2 + n] = norm
+    corr = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(padded))).abs()
+    coarse = (int(torch.argmax(corr)) - m // 2) / upsample  # samples
+    # fine: remove the coarse ramp, fit phase = a - 2 pi k d / n on the strong central samples
+    resid = cross * torch.exp(2j * math.pi * k * coarse / n)
+    w = mag / mag.max()
+    keep = w > 0.05
+    ang = torch.angle(resid[keep] * torch.exp(-1j * torch.angle(resid[n // 2])))  # remove the constant phase
+    kk, ww = k[keep], w[keep] ** 2
+    a = torch.stack([torch.ones_like(kk), kk], 1)
+    sol = torch.linalg.solve(a.T @ (ww[:, None] * a), a.T @ (ww * ang))
+    fine = -float(sol[1]) * n / (2 * math.pi)
+    return (coarse + fine) * sample_spacing_mm
+
+
+def rotation_matrix_t(angles_rad: torch.Tensor) -> torch.Tensor:
+    """R = Rz Ry Rx (3, 3) from (rx, ry, rz) radians, differentiable."""
+    rx, ry, rz = angles_rad[0], angles_rad[1], angles_rad[2]
+    one, zero = torch.ones_like(rx), torch.zeros_like(rx)
+    mx = torch.stack([one, zero, zero, zero, rx.cos(), -rx.sin(), zero, rx.sin(), rx.cos()]).reshape(3, 3)
+    my = torch.stack([ry.cos(), zero, ry.sin(), zero, one, zero, -ry.sin(), zero, ry.cos()]).reshape(3, 3)
+    mz = torch.stack([rz.cos(), -rz.sin(), zero, rz.sin(), rz.cos(), zero, zero, zero, one]).reshape(3, 3)
+    return mz @ my @ mx
+
+
+def _params_to_pose(theta: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """theta -> (R (3, 3), t (3,) mm). 2D: theta = (tx, ty, rz_rad); 3D: (tx, ty, tz, rx, ry, rz)."""
+    if ndim == 2:
+        zero = torch.zeros_like(theta[0])
+        return rotation_matrix_t(torch.stack([zero, zero, theta[2]])), torch.stack([theta[0], theta[1], zero])
+    return rotation_matrix_t(theta[3:6]), theta[0:3]
+
+
+def _pose_derivatives(theta: torch.Tensor, coords: torch.Tensor, ndim: int) -> torch.Tensor:
+    """d(R c + t)/d theta, (*shape, 3, n_par): identity for the translations, dR/dangle c for the angles."""
+    n_par = theta.numel()
+    out = torch.zeros(*coords.shape, n_par, dtype=coords.dtype)
+    n_t = 2 if ndim == 2 else 3
+    for j in range(n_t):
+        out[..., j, j] = 1.0
+    h = 1e-6  # central difference of the closed-form rotation: exact to ~1e-12 in float64
+    for j in range(n_t, n_par):
+        e = torch.zeros_like(theta)
+        e[j] = h
+        dr = (_params_to_pose(theta + e, ndim)[0] - _params_to_pose(theta - e, ndim)[0]) / (2 * h)
+        out[..., j] = coords @ dr.T
+    return out
+
+
+def _grid_coords(shape: tuple[int, ...], spacing_mm: tuple[float, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Physical (x, y, z) mm of every voxel, (*shape, 3); the voxel n // 2 sits at the origin."""
+    axes = [(torch.arange(n, dtype=dtype) - n // 2) * s for n, s in zip(shape, spacing_mm, strict=True)]
+    mesh = torch.meshgrid(*axes, indexing="ij")  # (z, y, x) or (y, x)
+    xyz = list(reversed(mesh))
+    if len(shape) == 2:
+        xyz.append(torch.zeros_like(mesh[0]))
+    return torch.stack(xyz, -1)
+
+
+def warp_rigid(
+    image: torch.Tensor,
+    theta: torch.Tensor,
+    spacing_mm: tuple[float, ...],
+    coords: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sample ``image`` (y, x) or (z, y, x) at ``R p + t`` for every grid point p (bilinear, zeros outside).
+
+    For ``image`` = the reference moved by (R, t), the output is the reference (up to
+    interpolation and the field of view): this is the residual model of :func:`register_rigid`.
+    """
+    ndim = image.ndim
+    shape = tuple(image.shape)
+    if coords is None:
+        coords = _grid_coords(shape, spacing_mm, image.dtype)
+    r, t = _params_to_pose(theta, ndim)
+    p = coords @ r.T + t  # (*shape, 3) mm
+    # to grid_sample's normalised coordinates (align_corners=True: -1 and 1 are the end voxel centres)
+    norm = []
+    for axis_xyz in range(ndim):  # x, y (, z)
+        n = shape[ndim - 1 - axis_xyz]
+        s = spacing_mm[ndim - 1 - axis_xyz]
+        idx = p[..., axis_xyz] / s + n // 2
+        norm.append(2 * idx / max(n - 1, 1) - 1)
+    grid = torch.stack(norm, -1)[None]
+    out = F.grid_sample(image[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out[0, 0]
+
+
+def _downsample(image: torch.Tensor, factor: int) -> torch.Tensor:
+    if factor == 1:
+        return image
+    pool = F.avg_pool2d if image.ndim == 2 else F.avg_pool3d
+    return pool(image[None, None], factor, ceil_mode=True)[0, 0]
+
+
+def register_rigid(
+    moving: torch.Tensor,
+    reference: torch.Tensor,
+    spacing_mm: tuple[float, ...],
+    levels: int = 3,
+    iterations: int = 15,
+    mask: torch.Tensor | None = None,
+    tolerance: float = 1e-4,
+) -> RigidEstimate:
+    """Rigid pose of ``moving`` relative to ``reference`` (same grid), Gauss-Newton coarse to fine.
+
+    Args:
+        moving: real (y, x) or (z, y, x) magnitude image (the reference after motion).
+        reference: real image on the same grid.
+        spacing_mm: voxel size per array axis (mm), (dy, dx) or (dz, dy, dx).
+        levels: resolution levels (each halves the matrix by averaging).
+        iterations: Gauss-Newton iterations per level at most.
+        mask: optional bool reference-grid mask of the voxels that count.
+        tolerance: stop a level when the update is below this (mm and rad).
+
+    Returns:
+        :class:`RigidEstimate`; 2D data give (tx, ty) and rz only (the others are 0).
+    """
+    if moving.shape != reference.shape:
+        raise ValueError(
+            f"moving shape {tuple(moving.shape)} differs from the reference's {tuple(reference.shape)}"
+        )
+    ndim = moving.ndim
+    if ndim not in (2, 3):
+        raise ValueError(f"register_rigid takes (y, x) or (z, y, x) images, got {ndim} dimensions")
+    if len(spacing_mm) != ndim:
+        raise ValueError(f"spacing_mm needs {ndim} values (one per array axis), got {spacing_mm!r}")
+    mov_full = moving.detach().abs().to(torch.float64).cpu()
+    ref_full = reference.detach().abs().to(torch.float64).cpu()
+    msk = None if mask is None else mask.detach().cpu()
+    return _register(mov_full, ref_full, spacing_mm, levels, iterations, msk, tolerance)
+
+
+def _register(
+    mov_full: torch.Tensor,
+    ref_full: torch.Tensor,
+    spacing_mm: tuple[float, ...],
+    levels: int,
+    iterations: int,
+    mask: torch.Tensor | None,
+    tolerance: float,
+) -> RigidEstimate:
+    ndim = mov_full.ndim
+    dtype = torch.float64
+    scale = float(ref_full.max()) or 1.0
+    mov_full, ref_full = mov_full / scale, ref_full / scale
+    n_par = 3 if ndim == 2 else 6
+    theta = torch.zeros(n_par, dtype=dtype)
+    cost = float("nan")
+    total = 0
+    for level in reversed(range(levels)):
+        f = 2**level
+        if min(mov_full.shape) // f < 8:
+            continue
+        mov, ref = _downsample(mov_full, f), _downsample(ref_full, f)
+        spacing = tuple(s * f for s in spacing_mm)
+        coords = _grid_coords(tuple(ref.shape), spacing, dtype)
+        weight = torch.ones_like(ref)
+        if mask is not None:
+            weight = (_downsample(mask.to(dtype).cpu(), f) > 0.5).to(dtype)
+
+        # image gradient (per mm, channels x, y (, z)) sampled with the same warp gives the
+        # analytic Jacobian: d warp / d theta = grad I(p) . dp/dtheta
+        grads = torch.gradient(mov, spacing=list(spacing))  # per array axis (z, y, x)
+        grad_xyz = torch.stack(list(reversed(grads)))  # (ndim, *shape) ordered x, y (, z)
+
+        def residual(
+            th: torch.Tensor, mov=mov, ref=ref, spacing=spacing, coords=coords, weight=weight
+        ) -> torch.Tensor:
+            return ((warp_rigid(mov, th, spacing, coords) - ref) * weight).reshape(-1)
+
+        def jacobian(
+            th: torch.Tensor, grad_xyz=grad_xyz, spacing=spacing, coords=coords, weight=weight
+        ) -> torch.Tensor:
+            g = torch.stack([warp_rigid(gi, th, spacing, coords) for gi in grad_xyz], -1)  # (*shape, ndim)
+            dp = _pose_derivatives(th, coords, ndim)  # (*shape, 3, n_par) mm per parameter
+            jac = (g[..., :, None] * dp[..., :ndim, :]).sum(-2) * weight[..., None]
+            return jac.reshape(-1, dp.shape[-1])
+
+        lam = 1e-3
+        for _ in range(iterations):
+            r = residual(theta)
+            jac = jacobian(theta)  # (voxels, n_par)
+            h = jac.T @ jac
+            g = jac.T @ r
+            cost = float(r @ r) / r.numel()
+            step = torch.linalg.solve(h + lam * torch.diag(torch.diagonal(h)).clamp_min(1e-12), -g)
+            trial = theta + step
+            new_cost = float(residual(trial).square().mean())
+            total += 1
+            if new_cost < cost:
+                theta, cost, lam = trial, new_cost, max(lam / 3, 1e-6)
+                if float(step.abs().max()) < tolerance:
+                    break
+            else:
+                lam *= 10
+                if lam > 1e6:
+                    break
+    if ndim == 2:
+        t = (float(theta[0]), float(theta[1]), 0.0)
+        rot = (0.0, 0.0, math.degrees(float(theta[2])))
+    else:
+        t = (float(theta[0]), float(theta[1]), float(theta[2]))
+        rot = tuple(math.degrees(float(v)) for v in theta[3:6])  # type: ignore[assignment]
+    # warp_rigid maps reference points p to R p + t in the moving image: that is the head pose itself
+    return RigidEstimate(t, rot, cost, total)  # type: ignore[arg-type]
