@@ -111,12 +111,12 @@ class _Group:
         # average repeated acquisitions of a line (averages); most lines have count 1
         many = self.count > 1
         if many.any():
-            self.data[:, many] /= self.count[many].astype(np.float32)
+            self.data[:, many] /= self.count[many].astype(np.float32)[:, None]
         cal = cal_mask = None
         if self.calib is not None and self.calib_count is not None:
             many = self.calib_count > 1
             if many.any():
-                self.calib[:, many] /= self.calib_count[many].astype(np.float32)
+                self.calib[:, many] /= self.calib_count[many].astype(np.float32)[:, None]
             cal = torch.from_numpy(self.calib).to(device)
             cal_mask = torch.from_numpy(self.calib_count > 0).to(device)
         return KSpaceBuffer(

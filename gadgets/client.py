@@ -47,6 +47,7 @@ def send_stream(
     chain_text: str | None = None,
     connect_timeout: float = 30.0,
     on_item: Callable[[Any], None] | None = None,
+    flush_each: bool = False,
 ) -> list[Any]:
     """Stream a header and acquisitions to an MRD server and collect its replies.
 
@@ -58,6 +59,8 @@ def send_stream(
         chain_text: if given, sent as config text (id 2) instead of ``chain``.
         connect_timeout: seconds to wait for the TCP connection.
         on_item: called from the receiver thread with each received item as it arrives.
+        flush_each: flush the socket after every item, so each readout of a live scan reaches
+            the server at once (real-time feedback needs it; bulk replay is faster without).
 
     Returns:
         Every received item (images, text, acquisitions...) in arrival order.
@@ -70,7 +73,11 @@ def send_stream(
         header = ismrmrd.xsd.CreateFromDocument(header)
     received: list[Any] = []
     failure: list[BaseException] = []
-    sock = socket.create_connection((host, int(port)), timeout=connect_timeout)
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=connect_timeout)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise ConnectionError(f"cannot connect to an MRD server at {host}:{port}: {reason}") from exc
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -98,6 +105,8 @@ def send_stream(
             ser.serialize(header)
             for item in items:
                 ser.serialize(item)
+                if flush_each:
+                    wfile.flush()
             ser.close()
         except OSError as exc:
             failure.append(ConnectionError(f"sending to {host}:{port} failed: {exc}"))

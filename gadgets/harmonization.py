@@ -64,7 +64,7 @@ def harmonize(
             raise ValueError(
                 f"harmonization needs coil-combined images (1 channel), got {mag.shape[0]} channels"
             )
-        out = hz.apply_profile(prof, mag[0])
+        out = hz.apply_profile(prof, mag[0].cpu())  # the harmonize package works on host memory
         out = torch.as_tensor(out, dtype=torch.float32, device=mag.device)[None]
         meta = dict(item.meta)
         meta["unisono.harmonization"] = getattr(prof, "name", str(profile))

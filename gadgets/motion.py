@@ -29,7 +29,7 @@ import ismrmrd
 import numpy as np
 import torch
 
-from gadgets.feedback import MotionFeedback, applied_pose, compose, encode
+from gadgets.feedback import MotionFeedback, angles_from_matrix, applied_pose, compose, encode, rotation_matrix
 from recon.fft import ifftnc
 from recon.registration import projection_shift, register_rigid
 
@@ -49,6 +49,7 @@ class _NavState:
     reference: dict[int, torch.Tensor] = field(default_factory=dict)
     reference_pose: tuple[np.ndarray, np.ndarray] | None = None
     latest: dict[int, ismrmrd.Acquisition] = field(default_factory=dict)
+    pairs_seen: int = 0
 
 
 def _sample_spacing_mm(header: Any, enc_index: int, n_samples: int) -> float:
@@ -64,6 +65,8 @@ def motion_estimation(
     emit_feedback: bool = True,
     lowres_lines: int = 32,
     min_interval_s: float = 0.0,
+    reference_pair: int = 1,
+    band: float = 0.125,
 ) -> None:
     """Estimate rigid motion in the stream and send :mod:`gadgets.feedback` messages back.
 
@@ -74,9 +77,17 @@ def motion_estimation(
         lowres_lines: image method: central phase-encoding lines (and 2x as many readout
             samples) of the low-resolution image.
         min_interval_s: do not send feedback more often than this (sequence time, s).
+        reference_pair: navigator method: the pair (0 = first) taken as the reference; earlier
+            pairs are skipped because the magnetization is still approaching its steady state.
+        band: navigator method: k-space half-band used (fraction of the samples, see
+            :func:`recon.registration.projection_shift`).
     """
     if method not in _METHODS:
         raise ValueError(f"motion gadget parameter 'method' must be one of {_METHODS}, got {method!r}")
+    if not isinstance(reference_pair, int) or reference_pair < 0:
+        raise ValueError(f"motion gadget parameter 'reference_pair' must be an integer >= 0, got {reference_pair!r}")
+    if not 0 < band <= 0.5:
+        raise ValueError(f"motion gadget parameter 'band' must be in (0, 0.5], got {band!r}")
     if lowres_lines < 8:
         raise ValueError(f"motion gadget parameter 'lowres_lines' must be >= 8, got {lowres_lines}")
     state = _NavState()
@@ -116,7 +127,7 @@ def motion_estimation(
                 state.latest[axis] = item
                 # a pair is complete when its y projection (played after x) arrives
                 if axis == 1 and 0 in state.latest:
-                    est = _navigator_pair(state, connection.header)
+                    est = _navigator_pair(state, connection.header, reference_pair, band)
                     if est is not None:
                         send_estimate(item, est[0], est[1], (True, True, False, False, False, False),
                                       "navigator-projection", t_in)  # fmt: skip
@@ -142,34 +153,39 @@ def motion_estimation(
         connection.send(item)
 
 
-def _navigator_pair(state: _NavState, header: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """Head pose (translation mm, rotation deg) from the latest x/y navigator pair; None for the reference."""
+def _navigator_pair(
+    state: _NavState, header: Any, reference_pair: int, band: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Head pose (translation mm, rotation deg) from the latest x/y navigator pair; None until the reference."""
     nav_x, nav_y = state.latest[0], state.latest[1]
+    state.latest.clear()
+    state.pairs_seen += 1
     data = {a: torch.from_numpy(np.asarray(acq.data)) for a, acq in ((0, nav_x), (1, nav_y))}
     if not state.reference:
+        if state.pairs_seen <= reference_pair:
+            return None
         state.reference = data
         state.reference_pose = applied_pose(nav_y)[:2]
-        state.latest.clear()
         return None
-    residual = np.zeros(3)
+    head_t = np.zeros(3)
+    head_r = np.zeros(3)
     for a, acq in ((0, nav_x), (1, nav_y)):
         spacing = _sample_spacing_mm(header, int(acq.encoding_space_ref), int(acq.number_of_samples))
-        residual[a] = projection_shift(data[a], state.reference[a], spacing)
-    state.latest.clear()
-    # the navigator was encoded in the frame the scanner applied; the reference in its own
-    applied = applied_pose(nav_y)[:2]
-    head = compose(applied, (residual, np.zeros(3)))
+        residual = np.zeros(3)
+        residual[a] = projection_shift(data[a], state.reference[a], spacing, band=band)
+        # each projection was encoded in the frame the scanner applied to it (it may change
+        # between the two blocks): head = applied ∘ residual, taken per axis
+        t, r = compose(applied_pose(acq)[:2], (residual, np.zeros(3)))
+        head_t[a] = t[a]
+        head_r = r
+    head_t[2] = compose(applied_pose(nav_y)[:2], (np.zeros(3), np.zeros(3)))[0][2]
     assert state.reference_pose is not None
     ref_t, ref_r = state.reference_pose
     if np.any(ref_t) or np.any(ref_r):
-        # reference taken under a correction: express the pose relative to the head at the reference
-        from gadgets.feedback import angles_from_matrix, rotation_matrix
-
+        # reference taken under a correction: the pose relative to the head at the reference
         rr = rotation_matrix(ref_r)
-        rel_r = rr.T @ rotation_matrix(head[1])
-        rel_t = rr.T @ (head[0] - ref_t)
-        return rel_t, np.asarray(angles_from_matrix(rel_r))
-    return head
+        return rr.T @ (head_t - ref_t), np.asarray(angles_from_matrix(rr.T @ rotation_matrix(head_r)))
+    return head_t, head_r
 
 
 def _lowres_image(

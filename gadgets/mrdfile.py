@@ -31,9 +31,13 @@ from ismrmrd.hdf5 import (
     waveform_dtype,
     waveform_header_dtype,
 )
+from ismrmrd.serialization import ProtocolDeserializer
+
+from gadgets.acqtools import header_copy
 
 __all__ = [
     "read_raw",
+    "read_stream_file",
     "read_header",
     "write_raw",
     "RawWriter",
@@ -78,12 +82,41 @@ def records_to_acquisitions(records: np.ndarray) -> list[ismrmrd.Acquisition]:
     return out
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def read_stream_file(path: str | Path) -> tuple[Any, list[Any]]:
+    """Read an MRD v1 *stream* file (what ``unisono serve`` records while data arrive).
+
+    Returns:
+        (header, items): the XML header and the acquisitions/waveforms in order;
+        a file cut short mid-message yields what is complete.
+    """
+    header = None
+    items: list[Any] = []
+    with open(path, "rb") as f:
+        try:
+            for msg in ProtocolDeserializer(f).deserialize():
+                if isinstance(msg, ismrmrd.xsd.ismrmrdHeader):
+                    header = header or msg
+                elif isinstance(msg, ismrmrd.Acquisition | ismrmrd.Waveform):
+                    items.append(msg)
+        except (EOFError, ValueError):
+            # cut short mid-message (ismrmrd reports a short final acquisition as a reshape
+            # ValueError): keep every complete message before it
+            pass
+    if header is None:
+        raise ValueError(f"{path} is an MRD stream without an XML header (message id 3)")
+    return header, items
+
+
 def read_raw(path: str | Path, dataset: str = "dataset") -> tuple[Any, list[ismrmrd.Acquisition]]:
     """Read an MRD raw-data file in bulk.
 
     Args:
-        path: the HDF5 file.
-        dataset: top-level group (``dataset`` unless the writer chose another).
+        path: an ISMRMRD HDF5 file, or an MRD v1 stream file (``.mrd``, detected
+            by content) as recorded by the server.
+        dataset: top-level HDF5 group (``dataset`` unless the writer chose another).
 
     Returns:
         (header, acquisitions): the parsed XML header and every acquisition in
@@ -92,6 +125,11 @@ def read_raw(path: str | Path, dataset: str = "dataset") -> tuple[Any, list[ismr
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"raw data file {path} does not exist")
+    with open(path, "rb") as f:
+        is_hdf5 = f.read(8) == _HDF5_SIGNATURE
+    if not is_hdf5:
+        header, items = read_stream_file(path)
+        return header, [a for a in items if isinstance(a, ismrmrd.Acquisition)]
     header = read_header(path, dataset)
     with h5py.File(path, "r") as f:
         g = f[dataset]
@@ -106,7 +144,7 @@ def acquisitions_to_records(acqs: Sequence[ismrmrd.Acquisition]) -> np.ndarray:
     rec = np.empty(len(acqs), dtype=acquisition_dtype)
     if not acqs:
         return rec
-    heads = b"".join(bytes(a.getHead()) for a in acqs)
+    heads = b"".join(bytes(header_copy(a)) for a in acqs)
     rec["head"] = np.frombuffer(heads, dtype=acquisition_header_dtype)
     datas = np.empty(len(acqs), dtype=object)
     trajs = np.empty(len(acqs), dtype=object)

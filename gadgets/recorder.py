@@ -63,7 +63,9 @@ def stream_to_h5(stream_path: str | Path, h5_path: str | Path, remove_stream: bo
                         writer = RawWriter(h5_path, msg, batch=1024)
                     elif isinstance(msg, ismrmrd.Acquisition | ismrmrd.Waveform) and writer is not None:
                         writer.append(msg)
-            except EOFError:
+            except (EOFError, ValueError):
+                # a short final message surfaces as EOFError or, for acquisitions, as a numpy
+                # reshape ValueError inside ismrmrd: keep every complete message before it
                 log.warning("raw stream %s ends mid-message; kept what arrived", stream_path)
     finally:
         if writer is not None:

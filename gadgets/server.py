@@ -19,6 +19,8 @@ client's data to the end, sends one text message starting with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import ipaddress
 import itertools
 import logging
 import socket
@@ -28,11 +30,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import ismrmrd
-from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
+from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
 
-from gadgets.chain import Chain, load_chain, parse_chain, shipped_chain_path
-from gadgets.recorder import TeeReader, stream_to_h5
+from gadgets.chain import Chain, load_chain, shipped_chain_path
+from gadgets.limits import ServerLimits
+from gadgets.policy import parse_client_chain
+from gadgets.recorder import stream_to_h5
 from gadgets.runtime import ChainError, RunningChain
+from gadgets.wire import Disconnected, MessageReader, Rejected, WireError, linger
 
 __all__ = ["MRDServer", "ERROR_PREFIX", "handle_stream"]
 
@@ -54,10 +59,8 @@ def _resolve_config(msg: Any, chains_dir: str | Path | None) -> Chain:
         raise ValueError(
             "config text is XML (a Gadgetron chain?); unisono expects a chain TOML document or a chain name"
         )
-    chain = parse_chain(text, source="<config text>", trusted=False)
-    for g in chain.gadgets:
-        g.resolved_params()
-    return chain
+    # parsed as data; registered gadgets and plain-name parameters only (see gadgets.policy)
+    return parse_client_chain(text)
 
 
 def handle_stream(
@@ -66,16 +69,25 @@ def handle_stream(
     chains_dir: str | Path | None = None,
     device: str = "cpu",
     label: str = "",
+    limits: ServerLimits | None = None,
+    record: BinaryIO | None = None,
+    stop: threading.Event | None = None,
 ) -> str | None:
     """Serve one MRD v1 stream (reader side in this thread, replies from a sender thread).
 
-    Recording is the caller's business (wrap ``rfile`` in a
-    :class:`~gadgets.recorder.TeeReader`); this function parses and runs the chain.
+    ``rfile`` (a connected socket or a readable file) is read by the defensive
+    :class:`~gadgets.wire.MessageReader` under ``limits``; every complete,
+    well-formed message is copied to ``record`` (the raw recording) as it is read.
+    ``stop`` ends the read early (server shutdown).
 
     Returns:
         The error text sent to the client, or None on success.
     """
-    des = ProtocolDeserializer(rfile)
+    limits = limits or ServerLimits()
+    # set when replies cannot be sent: a client that does not read is not served further
+    send_failed = threading.Event()
+    stops = [e for e in (stop, send_failed) if e is not None]
+    des = MessageReader(rfile, limits, record=record, label=label, stop=stops)
     ser = ProtocolSerializer(wfile)
     send_lock = threading.Lock()
     errors: list[str] = []
@@ -105,6 +117,9 @@ def handle_stream(
             for item in rc:
                 if isinstance(item, _SENDABLE):
                     send(item)
+                    if isinstance(item, str):  # text (e.g. motion feedback) must reach the client now
+                        with send_lock:
+                            wfile.flush()
                 else:
                     raise TypeError(f"chain output of type {type(item).__name__} cannot be sent over MRD")
             with send_lock:
@@ -114,6 +129,8 @@ def handle_stream(
         except (OSError, TypeError) as exc:
             rc.abort(str(exc))
             report(f"sending results failed: {exc}")
+            if isinstance(exc, OSError):
+                send_failed.set()
 
     try:
         for msg in des.deserialize():
@@ -123,6 +140,9 @@ def handle_stream(
                     continue
                 try:
                     chain = _resolve_config(msg, chains_dir)
+                    if chain.queue_size > limits.max_queue_items:
+                        # a bounded queue is what makes a slow chain slow the client down
+                        chain = dataclasses.replace(chain, queue_size=limits.max_queue_items)
                     log.info("%s: chain '%s' (sha256 %s)", label, chain.name, chain.sha256[:12])
                 except (ValueError, FileNotFoundError) as exc:
                     config_error = str(exc)
@@ -149,14 +169,28 @@ def handle_stream(
                         pass  # reported by the sender thread; keep recording the raw data
                 elif not header_seen and not errors:
                     report("data arrived before the MRD header (message id 3)")
+            elif isinstance(msg, Rejected):
+                # recorded by the reader already; the chain must not reconstruct it
+                report(msg.problem)
+                if rc is not None:
+                    rc.abort(msg.problem)
             elif isinstance(msg, str):
                 log.info("%s: client text: %s", label, msg[:200])
             else:
                 log.warning("%s: ignoring message of type %s", label, type(msg).__name__)
+    except Disconnected as exc:
+        # a half-closed client can still read the error; a vanished one costs a failed send
+        report(str(exc))
+        if rc is not None:
+            rc.abort("client disconnected")
     except EOFError:
         log.warning("%s: client disconnected without a close message", label)
         if rc is not None:
             rc.abort("client disconnected")
+    except WireError as exc:
+        report(str(exc))
+        if rc is not None:
+            rc.abort(str(exc))
     except Exception as exc:  # noqa: BLE001 - a malformed message must not kill the server
         report(f"malformed stream: {exc}")
         if rc is not None:
@@ -188,6 +222,8 @@ class MRDServer:
             connection ends (see :mod:`gadgets.recorder`); None disables recording.
         chains_dir: extra chain files clients may name (besides the shipped ones).
         device: ``auto``, ``cpu`` or ``cuda`` for every chain.
+        limits: message sizes, connection count, timeouts, queue bound and shutdown grace
+            (:class:`~gadgets.limits.ServerLimits`; defaults when None).
     """
 
     def __init__(
@@ -197,9 +233,11 @@ class MRDServer:
         raw_dir: str | Path | None = "unisono-raw",
         chains_dir: str | Path | None = None,
         device: str = "cpu",
+        limits: ServerLimits | None = None,
     ):
         if not 0 <= int(port) < 65536:
             raise ValueError(f"port must be in 0..65535, got {port}")
+        self.limits = limits or ServerLimits()
         self.host = host
         self._port = int(port)
         self.raw_dir = Path(raw_dir) if raw_dir is not None else None
@@ -210,6 +248,15 @@ class MRDServer:
         self._conns: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # set once the shutdown grace is over: in-flight reads end with "server is shutting down"
+        self._end_connections = threading.Event()
+        # plain attributes, so a signal handler may set them without taking a lock
+        self.stop_requested = False
+        self._force_stop = False
+        self._rejecting = 0
+        # connections whose socket is still open (the max_connections count; raw-file conversion
+        # after the socket closed does not hold a slot)
+        self._open_sockets = 0
         self._counter = itertools.count(1)
         #: paths of the raw files recorded so far
         self.raw_files: list[Path] = []
@@ -228,13 +275,20 @@ class MRDServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self._port))
-        sock.listen(16)
+        sock.listen(max(16, self.limits.max_connections))
         sock.settimeout(0.2)  # so stop() is noticed promptly
         self._sock = sock
         self._port = sock.getsockname()[1]
         self._accept_thread = threading.Thread(target=self._accept_loop, name="mrd-accept", daemon=True)
         self._accept_thread.start()
-        log.info("MRD server listening on %s:%d", self.host, self._port)
+        log.info("MRD server listening on %s:%d (%s)", self.host, self._port, self.limits.describe())
+        if not _is_loopback(self.host):
+            log.warning(
+                "listening on %s, not loopback: every host that can reach port %d can send data "
+                "and run shipped chains",
+                self.host,
+                self._port,
+            )
         return self
 
     def _accept_loop(self) -> None:
@@ -247,10 +301,46 @@ class MRDServer:
             except OSError:
                 break
             n = next(self._counter)
+            with self._lock:
+                busy = self._open_sockets >= self.limits.max_connections
+            if busy:
+                self._reject(conn, addr, n)
+                continue
             t = threading.Thread(target=self._serve, args=(conn, addr, n), name=f"mrd-conn-{n}", daemon=True)
             with self._lock:
                 self._conns.add(t)
+                self._open_sockets += 1
             t.start()
+
+    def _reject(self, conn: socket.socket, addr: Any, n: int) -> None:
+        """Tell a connection over ``max_connections`` why it is refused, off the accept thread."""
+        text = (
+            f"server busy: {self.limits.max_connections} connections are being served "
+            "(max_connections); try again later"
+        )
+        log.warning("connection %d from %s:%d refused: %s", n, addr[0], addr[1], text)
+
+        def go() -> None:
+            try:
+                conn.settimeout(2.0)
+                with conn, conn.makefile("wb") as wfile:
+                    ser = ProtocolSerializer(wfile)
+                    ser.serialize(ERROR_PREFIX + text)
+                    ser.close()
+                    linger(conn, 1.0, 1 << 20)
+            except OSError:
+                pass
+            finally:
+                with self._lock:
+                    self._rejecting -= 1
+
+        with self._lock:
+            # a flood of refused connections must not become a flood of threads
+            if self._rejecting >= 64:
+                conn.close()
+                return
+            self._rejecting += 1
+        threading.Thread(target=go, name=f"mrd-refuse-{n}", daemon=True).start()
 
     def _serve(self, conn: socket.socket, addr: Any, n: int) -> None:
         label = f"connection {n} from {addr[0]}:{addr[1]}"
@@ -258,21 +348,35 @@ class MRDServer:
         if self.raw_dir is not None:
             stem = self.raw_dir / f"{time.strftime('%Y%m%dT%H%M%S')}_{n:04d}"
         try:
-            conn.settimeout(None)
+            # the socket timeout bounds sends to a client that stopped reading; reads have their
+            # own deadlines (idle and message timeouts) in gadgets.wire
+            conn.settimeout(self.limits.idle_timeout_s)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with contextlib.ExitStack() as stack:
                 stack.enter_context(conn)
-                rfile = stack.enter_context(conn.makefile("rb", buffering=1 << 20))
                 wfile = stack.enter_context(conn.makefile("wb", buffering=1 << 20))
-                source: Any = rfile
+                sink = None
                 if stem is not None:
                     sink = stack.enter_context(open(stem.with_suffix(".mrd"), "wb", buffering=1 << 20))
-                    source = TeeReader(rfile, sink)
                     log.info("%s: recording raw data to %s", label, stem.with_suffix(".mrd"))
-                handle_stream(source, wfile, self.chains_dir, self.device, label)
+                error = handle_stream(
+                    conn,
+                    wfile,
+                    self.chains_dir,
+                    self.device,
+                    label,
+                    limits=self.limits,
+                    record=sink,
+                    stop=self._end_connections,
+                )
+                if error is not None:
+                    # the client may still be sending: let the error and close reach it before the reset
+                    linger(conn)
         except OSError as exc:
             log.warning("%s: socket error %s", label, exc)
         finally:
+            with self._lock:
+                self._open_sockets -= 1
             if stem is not None:
                 # after the client has its answer: the HDF5 conversion is off the streaming path
                 try:
@@ -284,26 +388,56 @@ class MRDServer:
             with self._lock:
                 self._conns.discard(threading.current_thread())
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, wait up to ``timeout`` s for open connections, close the socket."""
+    @property
+    def active_connections(self) -> int:
+        """Connections being served (including their raw-file conversion)."""
+        with self._lock:
+            return len(self._conns)
+
+    def request_stop(self, force: bool = False) -> None:
+        """Ask :meth:`serve_forever` to stop (safe to call from a signal handler: sets flags only).
+
+        Args:
+            force: end in-flight connections now instead of after the shutdown grace.
+        """
+        self.stop_requested = True
+        if force:
+            self._force_stop = True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful stop: stop accepting, let connections finish, end the rest, flush raw files.
+
+        Args:
+            timeout: seconds in-flight connections get to finish (default ``limits.shutdown_grace_s``);
+                after it, each is ended with an ``unisono error: the server is shutting down`` message,
+                its chain aborted and the raw data received so far converted to HDF5.
+        """
+        grace = self.limits.shutdown_grace_s if timeout is None else float(timeout)
         self._stopping.set()
         if self._accept_thread is not None:
-            self._accept_thread.join(timeout)
+            self._accept_thread.join()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        deadline = time.monotonic() + grace
+        while self.active_connections and time.monotonic() < deadline and not self._force_stop:
+            time.sleep(0.05)
         with self._lock:
             conns = list(self._conns)
+        if conns:
+            log.warning("ending %d in-flight connection(s): the server is shutting down", len(conns))
+            self._end_connections.set()
         for t in conns:
-            t.join(timeout)
+            # bounded: the reader notices the stop within a poll tick; the rest is the raw-file flush
+            t.join(60.0)
 
     def serve_forever(self) -> None:
-        """Start (if needed) and block until interrupted (Ctrl-C) or :meth:`stop`."""
+        """Start (if needed) and block until interrupted (Ctrl-C), :meth:`request_stop` or :meth:`stop`."""
         if self._sock is None:
             self.start()
         try:
-            while not self._stopping.is_set():
-                self._stopping.wait(0.5)
+            while not self._stopping.is_set() and not self.stop_requested:
+                self._stopping.wait(0.2)
         finally:
             self.stop()
 
@@ -312,3 +446,13 @@ class MRDServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

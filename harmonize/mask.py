@@ -74,8 +74,15 @@ def auto_mask(image: object, smoothing_sigma_vox: float = 1.0, noise_factor: flo
     # floor at 1e-4 of the peak so exact zeros (zero-filled or noise-free data) do not
     # create a -inf class that drags Otsu's split to the bottom
     log_img = np.log(np.maximum(smoothed, 1e-4 * peak))
-    t_otsu = otsu_threshold(log_img)
-    below = log_img[log_img <= t_otsu]
+    # voxels at the floor (exact zeros: zero-filled or cropped regions) are background
+    # for certain; leaving them in would make them Otsu's "background" class and push
+    # real noise into the foreground
+    floor = np.log(1e-4 * peak)
+    informative = log_img[log_img > floor + 1e-9]
+    if informative.size < 2:
+        raise ValueError("image has fewer than 2 non-zero voxels: there is no foreground to mask")
+    t_otsu = otsu_threshold(informative)
+    below = informative[informative <= t_otsu]
     hist, edges = np.histogram(below, bins=128)
     k = int(np.argmax(hist))
     background_mode = 0.5 * (edges[k] + edges[k + 1])

@@ -181,15 +181,30 @@ def structure_similarity(raw: object, harmonized: object, mask: object, sigma: f
     return float(s[m].mean())
 
 
-def _kmeans_1d(values: np.ndarray, k: int = 3, iters: int = 50) -> np.ndarray:
-    centers = np.quantile(values, np.linspace(0.1, 0.9, k))
-    for _ in range(iters):
-        assign = np.argmin(np.abs(values[:, None] - centers[None]), axis=1)
-        new = np.array([values[assign == j].mean() if np.any(assign == j) else centers[j] for j in range(k)])
-        if np.allclose(new, centers):
-            break
-        centers = new
-    return np.sort(centers)
+def three_class_thresholds(values: np.ndarray, n_bins: int = 128) -> tuple[float, float]:
+    """Two-threshold Otsu (Liao et al. 2001): the global optimum of 3-class between-class variance.
+
+    This is the exact minimum of the 1-D 3-means objective on the binned histogram —
+    Lloyd's k-means lands in seed-dependent local minima when one tissue dominates.
+    values: 1-D sample (clipped to its 0.5–99.5 % range). Returns (t_low, t_high).
+    """
+    lo, hi = np.quantile(values, [0.005, 0.995])
+    if hi <= lo:
+        return float(lo), float(hi)
+    hist, edges = np.histogram(np.clip(values, lo, hi), bins=n_bins, range=(lo, hi))
+    p = hist / hist.sum()
+    c = 0.5 * (edges[:-1] + edges[1:])
+    w = np.concatenate(([0.0], np.cumsum(p)))  # w[k] = mass of bins < k
+    mu = np.concatenate(([0.0], np.cumsum(p * c)))
+    i, j = np.meshgrid(np.arange(1, n_bins), np.arange(1, n_bins), indexing="ij")  # split before bin i, j
+    valid = j > i
+    w0, w1, w2 = w[i], w[j] - w[i], 1.0 - w[j]
+    m0, m1, m2 = mu[i], mu[j] - mu[i], mu[-1] - mu[j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = m0**2 / w0 + m1**2 / w1 + m2**2 / w2
+    score = np.where(valid & (w0 > 0) & (w1 > 0) & (w2 > 0), score, -np.inf)
+    a, b = np.unravel_index(int(np.argmax(score)), score.shape)
+    return float(edges[i[a, b]]), float(edges[j[a, b]])
 
 
 def csf_fractions(
@@ -197,7 +212,7 @@ def csf_fractions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """CSF volume fraction of each image by thresholding (T1-like contrast: CSF darkest).
 
-    The threshold is the midpoint of the two lowest centres of a 3-class 1-D k-means.
+    The threshold is the lower of the two 3-class Otsu thresholds (CSF | GM | WM).
     pooled=True: ONE threshold from the pooled masked intensities of all images — a
     multi-site mega-analysis, which is what harmonization is for (unharmonized sites
     put tissue on different intensities, so a common threshold misclassifies).
@@ -209,14 +224,13 @@ def csf_fractions(
         x = as_magnitude(im)
         m = check_mask(mk, x.shape)
         v = x[m]
-        vals.append(v[:: max(1, v.size // 20000)])  # subsample: k-means cost, not accuracy, grows
+        vals.append(v[:: max(1, v.size // 20000)])  # subsample: histogram shape needs no more
         ims.append(x)
         ms.append(m)
     if pooled:
-        c = _kmeans_1d(np.concatenate(vals))
-        thr = np.full(len(ims), 0.5 * (c[0] + c[1]))
+        thr = np.full(len(ims), three_class_thresholds(np.concatenate(vals))[0])
     else:
-        thr = np.array([(lambda c: 0.5 * (c[0] + c[1]))(_kmeans_1d(v)) for v in vals])
+        thr = np.array([three_class_thresholds(v)[0] for v in vals])
     frac = np.array([float((x[m] < t).mean()) for x, m, t in zip(ims, ms, thr, strict=True)])
     return frac, thr
 

@@ -40,7 +40,11 @@ class RigidEstimate:
 
 
 def projection_shift(
-    line: torch.Tensor, reference: torch.Tensor, sample_spacing_mm: float, upsample: int = 8
+    line: torch.Tensor,
+    reference: torch.Tensor,
+    sample_spacing_mm: float,
+    band: float = 0.125,
+    upsample: int = 8,
 ) -> float:
     """Shift (mm) of the object along a navigator's readout axis relative to the reference.
 
@@ -50,7 +54,11 @@ def projection_shift(
         reference: the same readout of the reference navigator, same shape.
         sample_spacing_mm: image-space sample spacing along the readout (mm), i.e. the encoded
             FOV along the readout divided by the number of samples.
-        upsample: zero-padding factor of the coarse phase-correlation search.
+        band: half-width of the k-space band used, as a fraction of ``n`` (0 < band <= 0.5).
+            Low k carries the object's bulk position; high k carries fine detail that changes
+            with the spin history between navigators (imperfect spoiling, T1 saturation), so a
+            narrow band is more robust and the linear phase fit still resolves ~1/20 sample.
+        upsample: zero-padding factor of the coarse cross-correlation search.
 
     Returns:
         The shift in mm (positive = the object moved towards +axis).
@@ -59,30 +67,30 @@ def projection_shift(
         raise ValueError(
             f"navigator shape {tuple(line.shape)} differs from the reference's {tuple(reference.shape)}"
         )
+    if not 0 < band <= 0.5:
+        raise ValueError(f"band must be in (0, 0.5] (a fraction of the samples), got {band}")
     if line.ndim == 1:
         line, reference = line[None], reference[None]
     if line.ndim != 2 or line.shape[-1] < 8:
         raise ValueError(f"navigator must be (coil, n) with n >= 8 samples, got {tuple(line.shape)}")
     n = line.shape[-1]
-    cross = (line.to(torch.complex128) * reference.to(torch.complex128).conj()).sum(0)  # (n,)
+    k = torch.arange(n, dtype=torch.float64) - n // 2  # cycles per readout FOV
+    inside = k.abs() <= max(2.0, band * n)
+    cross = (line.to(torch.complex128) * reference.to(torch.complex128).conj()).sum(0) * inside  # (n,)
     mag = cross.abs()
     if float(mag.max()) == 0.0:
         raise ValueError("navigator and reference have no common signal (all-zero cross-power)")
-    k = torch.arange(n, dtype=torch.float64) - n // 2  # cycles per FOV (readout FOV = n samples)
-    # coarse: phase-correlation peak on an upsampled grid; the normalised spectrum makes the
-    # peak sharp, zero-padding in k interpolates it to 1/upsample of a sample
-    norm = cross / mag.clamp_min(mag.max() * 1e-6)
+    # coarse: cross-correlation peak of the band-limited projections on an upsampled grid
+    # (zero-padding in k interpolates it to 1/upsample of a sample); it removes phase wraps
     m = n * upsample
     padded = torch.zeros(m, dtype=torch.complex128)
-    padded[m // 2 - n // 2 : m // 2 - n // 2 + n] = norm
-    corr = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(padded))).abs()
+    padded[m // 2 - n // 2 : m // 2 - n // 2 + n] = cross
+    corr = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(padded))).real
     coarse = (int(torch.argmax(corr)) - m // 2) / upsample  # samples
-    # fine: remove the coarse ramp, fit phase = a - 2 pi k d / n on the strong central samples
+    # fine: remove the coarse ramp, fit phase = a - 2 pi k d / n weighted by |cross|
     resid = cross * torch.exp(2j * math.pi * k * coarse / n)
-    w = mag / mag.max()
-    keep = w > 0.05
-    ang = torch.angle(resid[keep] * torch.exp(-1j * torch.angle(resid[n // 2])))  # remove the constant phase
-    kk, ww = k[keep], w[keep] ** 2
+    ang = torch.angle(resid[inside] * torch.exp(-1j * torch.angle(resid[n // 2])))  # constant phase removed
+    kk, ww = k[inside], mag[inside]
     a = torch.stack([torch.ones_like(kk), kk], 1)
     sol = torch.linalg.solve(a.T @ (ww[:, None] * a), a.T @ (ww * ang))
     fine = -float(sol[1]) * n / (2 * math.pi)

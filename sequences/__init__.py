@@ -5,6 +5,7 @@ profiles likewise (``sequences/systems``); :func:`build_protocol` turns one
 into a pypulseq sequence plus the MRD header that describes its encoding.
 """
 
+from sequences.analysis import read_sequence
 from sequences.built import BuiltSequence
 from sequences.header import header_for_seq_file
 from sequences.library import build_protocol, list_protocols
@@ -21,4 +22,5 @@ __all__ = [
     "list_systems",
     "load_protocol",
     "load_system",
+    "read_sequence",
 ]

@@ -8,6 +8,7 @@ lands on the block raster, so TE can be hit exactly on every profile.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -166,8 +167,19 @@ def min_trap_duration(area: float, system: SystemProfile) -> float:
     """Shortest trapezoid duration [s] that achieves ``area`` [1/m] on this system."""
     if abs(area) < _EPS:
         return 0.0
-    g = pp.make_trapezoid(channel="x", area=area, system=system.to_opts())
-    return pp.calc_duration(g)
+    opts = system.to_opts()
+    d = ceil_to(
+        pp.calc_duration(pp.make_trapezoid(channel="x", area=area, system=opts)), system.grad_raster_time
+    )
+    # make_trapezoid(area, duration) rounds its ramps differently from make_trapezoid(area): return a
+    # duration that the fixed-duration form (trap_with_duration) accepts too
+    for _ in range(1000):
+        try:
+            pp.make_trapezoid(channel="x", area=area, duration=d, system=opts)
+            return d
+        except AssertionError:
+            d += system.grad_raster_time
+    raise ProtocolError(f"a gradient of area {area:.4g} 1/m does not fit the limits of system {system.name}.")
 
 
 def trap_with_duration(channel: str, area: float, duration: float, system: SystemProfile) -> SimpleNamespace:
@@ -235,8 +247,12 @@ def slice_excitation(
     thickness: float,
     use: str = "excitation",
     phase_offset: float = 0.0,
+    center_shift: float = 0.0,
 ) -> SliceExcitation:
     """Sinc pulse (``flip_angle`` rad, ``duration`` s, RF sample ``dwell`` s) selecting ``thickness`` m.
+
+    ``center_shift`` [s, a multiple of the RF raster] plays the pulse that much
+    later within a flat top lengthened to the next gradient raster step.
 
     Raises :class:`ProtocolError` naming ``rf_dwell``, ``rf_duration`` or
     ``slice_thickness`` when the hardware cannot play it.
@@ -276,8 +292,21 @@ def slice_excitation(
         use=use,
         delay=system.rf_dead_time,
     )
+    rephase = gzr.area
+    if center_shift > 0:
+        # play the pulse ``center_shift`` later on a flat top lengthened to match: moves the pulse centre
+        # by less than a gradient raster step (used to put an EPI echo exactly at TE)
+        extra = ceil_to(center_shift, system.grad_raster_time)
+        gz.flat_time += extra
+        gz.flat_area = gz.amplitude * gz.flat_time
+        gz.area = gz.amplitude * (gz.flat_time + (gz.rise_time + gz.fall_time) / 2)
+        rf.delay += center_shift
+        t_c = rf_center_time(rf)
+        rephase = -(
+            gz.amplitude * (gz.delay + gz.rise_time + gz.flat_time - t_c) + gz.amplitude * gz.fall_time / 2
+        )
     block = ceil_to(pp.calc_duration(rf, gz), system.block_duration_raster)
-    return SliceExcitation(rf, gz, rf_center_time(rf), block, gzr.area)
+    return SliceExcitation(rf, gz, rf_center_time(rf), block, rephase)
 
 
 def place_rf(exc: SliceExcitation, freq_offset: float, phase: float) -> SimpleNamespace:
@@ -287,8 +316,6 @@ def place_rf(exc: SliceExcitation, freq_offset: float, phase: float) -> SimpleNa
     2 pi f t_centre keeps the phase at the pulse centre equal to ``phase``,
     which is what RF spoiling and the ADC phase assume.
     """
-    import copy
-
     rf = copy.copy(exc.rf)
     rf.freq_offset = freq_offset
     center, _ = pp.calc_rf_center(exc.rf)
@@ -302,8 +329,6 @@ def scaled_trap(grad: SimpleNamespace, scale: float, channel: str | None = None)
     pypulseq's ``scale_grad`` leaves ``area`` unscaled; builders that rotate
     readouts (radial, navigators) need consistent areas.
     """
-    import copy
-
     g = copy.copy(grad)
     g.amplitude = grad.amplitude * scale
     g.area = grad.area * scale

@@ -48,6 +48,13 @@ class BuiltSequence:
         xml.write_text(header_to_xml(self.header))
         return path, xml
 
+    def report(self, pns: bool = True) -> dict:
+        """Timing check, TE/TR measured from the blocks, k-space coverage, gradient and slew use
+        against this profile and (optionally) PNS: see :func:`sequences.analysis.summarize`."""
+        from sequences.analysis import summarize
+
+        return summarize(self.seq, self.system, pns=pns)
+
     def trajectory(self) -> list[np.ndarray]:
         """k-space sample positions per imaging ADC, each (n_samples, 3) in 1/m (kx, ky, kz).
 

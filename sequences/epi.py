@@ -23,6 +23,7 @@ trapezoids with ramp eps, delta = flat + eps, leading edges Delta apart
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -114,8 +115,6 @@ class EpiTrain:
 
 
 def _adc_with_phase(adc, phase: float):
-    import copy
-
     a = copy.copy(adc)
     a.phase_offset = phase
     return a
@@ -151,14 +150,16 @@ def make_epi_train(
     flat = flat or fallback
     if flat is None:
         raise ProtocolError(
-            f"dwell_raster: an EPI dwell of {dwell * 1e6:g} us cannot be centred on the gradient and RF rasters "
+            f"dwell_raster: an EPI dwell of {dwell * 1e6:g} us cannot be centred on the gradient and RF "
+            f"rasters "
             f"of system {system.name}."
         )
     grad = pp.make_trapezoid("x", amplitude=amp, flat_time=flat, rise_time=rise, system=opts)
     adc_delay = max(rise + (flat - window) / 2, system.adc_dead_time)
     if adc_delay > rise + (flat - window) / 2 + _EPS:
         raise ProtocolError(
-            f"readout_bandwidth: the ADC dead time of system {system.name} ({system.adc_dead_time * 1e6:g} us) "
+            f"readout_bandwidth: the ADC dead time of system {system.name} "
+            f"({system.adc_dead_time * 1e6:g} us) "
             f"does not fit before the EPI readout window."
         )
     adc = pp.make_adc(num_samples=n_samples, dwell=dwell, delay=adc_delay, system=opts)
@@ -193,7 +194,8 @@ def _directions(p: dict[str, Any]) -> list[tuple[float, float, float]]:
         v = np.asarray(d, dtype=float)
         if v.shape != (3,) or np.linalg.norm(v) < 1e-6:
             raise ProtocolError(
-                f"diffusion_directions = {p['diffusion_directions']!r} must be a list of non-zero [x, y, z] vectors."
+                f"diffusion_directions = {p['diffusion_directions']!r} must be a list of non-zero "
+                "[x, y, z] vectors."
             )
         out.append(tuple(float(x) for x in v / np.linalg.norm(v)))
     return out
@@ -202,6 +204,7 @@ def _directions(p: dict[str, Any]) -> list[tuple[float, float, float]]:
 def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) -> BuiltSequence:
     """Build ``kind`` ('epi2d' or 'dwi_epi') from resolved SI parameters ``p`` for ``system``."""
     fov, n, os = p["fov"], p["matrix"], p["readout_oversampling"]
+    soft = system.with_slew(p["aux_gradient_slew"])  # prephasers, spoilers, crushers: lower PNS
     if n % 2:
         raise ProtocolError(f"matrix = {n} must be even so that line N/2 is the k-space centre.")
     n_samples = n * os
@@ -218,35 +221,47 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     exc = slice_excitation(system, p["flip_angle"], p["rf_duration"], *rf_args)
     dwi = kind == "dwi_epi"
 
-    d_xpre = ceil_to(min_trap_duration(train.pre_area, system), rb)  # x prephase before the references
+    d_xpre = ceil_to(min_trap_duration(train.pre_area, soft), rb)  # x prephase before the references
     post_x = train.post_ref_x_area()
     y_pre = -(n // 2) * train.dky
-    d_ypre = ceil_to(max(min_trap_duration(post_x, system), min_trap_duration(y_pre, system), rb), rb)
+    d_ypre = ceil_to(max(min_trap_duration(post_x, soft), min_trap_duration(y_pre, soft), rb), rb)
     readout_to_centre = d_xpre + train.ref_duration() + d_ypre + train.centre_time()
     spoil_z = 4.0 / thk
     tail_y = (n - 1 - n // 2) * train.dky  # ky after the last line
-    d_spoil = ceil_to(max(min_trap_duration(spoil_z, system), min_trap_duration(tail_y, system), rb), rb)
+    d_spoil = ceil_to(max(min_trap_duration(spoil_z, soft), min_trap_duration(tail_y, soft), rb), rb)
 
     encodings: list[tuple[float, tuple[float, float, float]]] = [(0.0, (0.0, 0.0, 0.0))]
     if not dwi:
-        d_reph = ceil_to(min_trap_duration(exc.rephase_area, system), rb)
+        d_reph = ceil_to(min_trap_duration(exc.rephase_area, soft), rb)
         te_min = (exc.duration - exc.t_center) + d_reph + readout_to_centre
+        # the EPI centre sample may sit between block-raster points: play the pulse a little later so
+        # that TE is exact (a shift on the RF raster, within one gradient raster step)
+        frac = (p["TE"] - te_min) % rb
+        shift = (rb - frac) % rb
+        if shift > _EPS and is_multiple(shift, system.rf_raster_time) and not is_multiple(frac, rb):
+            exc = slice_excitation(system, p["flip_angle"], p["rf_duration"], *rf_args, center_shift=shift)
+            d_reph = ceil_to(min_trap_duration(exc.rephase_area, soft), rb)
+            te_min = (exc.duration - exc.t_center) + d_reph + readout_to_centre
         te_fill = p["TE"] - te_min
         te_delay = delay_block(te_fill, system, "TE", p["TE"], te_min)
         te_actual = te_min + (round_to(te_fill, rb) if te_delay else 0.0)
         module = exc.duration + d_reph + (te_actual - te_min) + (readout_to_centre - train.centre_time())
         module += train.n_lines * train.d_line + (train.n_lines - 1) * train.d_blip + d_spoil
     else:
-        ref = slice_excitation(system, p["refocusing_flip_angle"], p["refocusing_rf_duration"], *rf_args, use="refocusing")
+        ref = slice_excitation(
+            system, p["refocusing_flip_angle"], p["refocusing_rf_duration"], *rf_args, use="refocusing"
+        )
         crush = p["crusher_cycles"] / thk
-        d_crush = ceil_to(max(min_trap_duration(crush, system), min_trap_duration(exc.rephase_area + crush, system)), rb)
+        d_crush = ceil_to(
+            max(min_trap_duration(crush, soft), min_trap_duration(exc.rephase_area + crush, soft)), rb
+        )
         dirs = _directions(p)
         b_values = [float(b) for b in p["b_values"]]
         if min(b_values) < 0:
             raise ProtocolError(f"b_values = {p['b_values']!r} must not be negative.")
         # diffusion gradient vector amplitude: every axis component within max_grad for any unit direction
         g_max = system.max_grad_hz * p["diffusion_gradient_fraction"]
-        eps = max(system.grad_raster_time, ceil_to(g_max / system.max_slew_hz, system.grad_raster_time))
+        eps = max(system.grad_raster_time, ceil_to(g_max / soft.max_slew_hz, system.grad_raster_time))
         b_max = max(b_values)
         flat = 0.0
         while True:
@@ -257,7 +272,9 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
                 break
             flat += system.grad_raster_time
             if flat > 0.2:
-                raise ProtocolError(f"b_values: b = {b_max * 1e-6:g} s/mm^2 needs diffusion lobes over 200 ms.")
+                raise ProtocolError(
+                    f"b_values: b = {b_max * 1e-6:g} s/mm^2 needs diffusion lobes over 200 ms."
+                )
         d_diff = ceil_to(2 * eps + flat, rb) if b_max > 0 else 0.0
         first_min = (exc.duration - exc.t_center) + d_diff + d_crush + ref.t_center
         second_min = (ref.duration - ref.t_center) + d_crush + d_diff + readout_to_centre
@@ -273,7 +290,9 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         c, e = round_to(half - first_min, rb), round_to(half - second_min, rb)
         te_actual = half + second_min + e
         module = exc.duration + c + 2 * d_diff + 2 * d_crush + ref.duration + e + readout_to_centre
-        module += -train.centre_time() + train.n_lines * train.d_line + (train.n_lines - 1) * train.d_blip + d_spoil
+        module += (
+            -train.centre_time() + train.n_lines * train.d_line + (train.n_lines - 1) * train.d_blip + d_spoil
+        )
         encodings = []
         for b in b_values:
             if b == 0:
@@ -316,35 +335,39 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         n_exc += 1
         seq.add_block(place_rf(exc, freq, phase), exc.grad, pp.make_delay(exc.duration))
         if not dwi:
-            seq.add_block(trap_with_duration("z", exc.rephase_area, d_reph, system))
+            seq.add_block(trap_with_duration("z", exc.rephase_area, d_reph, soft))
             if te_delay is not None:
                 seq.add_block(te_delay)
         else:
             for d in delay(c):
                 seq.add_block(d)
             seq.add_block(*diffusion_block(b, direction))
-            seq.add_block(trap_with_duration("z", exc.rephase_area + crush, d_crush, system))
-            seq.add_block(place_rf(ref, ref.grad.amplitude * z_pos[slc], math.pi / 2), ref.grad, pp.make_delay(ref.duration))
-            seq.add_block(trap_with_duration("z", crush, d_crush, system))
+            seq.add_block(trap_with_duration("z", exc.rephase_area + crush, d_crush, soft))
+            seq.add_block(
+                place_rf(ref, ref.grad.amplitude * z_pos[slc], math.pi / 2),
+                ref.grad,
+                pp.make_delay(ref.duration),
+            )
+            seq.add_block(trap_with_duration("z", crush, d_crush, soft))
             seq.add_block(*diffusion_block(b, direction))
             for d in delay(e):
                 seq.add_block(d)
-        seq.add_block(trap_with_duration("x", train.pre_area, d_xpre, system))
+        seq.add_block(trap_with_duration("x", train.pre_area, d_xpre, soft))
         if counters is not None:
-            train.add_ref_lines(seq, {k: v for k, v in counters.items()}, adc_phase=phase)
+            train.add_ref_lines(seq, counters, adc_phase=phase)
         else:
             for r in range(train.n_ref):
                 seq.add_block(scaled_trap(train.grad, -1.0 if r % 2 else 1.0), pp.make_delay(train.d_line))
                 if r < train.n_ref - 1:
                     seq.add_block(pp.make_delay(train.d_blip))
-        pre = [trap_with_duration("y", y_pre, d_ypre, system)]
+        pre = [trap_with_duration("y", y_pre, d_ypre, soft)]
         if abs(post_x) > _EPS:
-            pre.append(trap_with_duration("x", post_x, d_ypre, system))
+            pre.append(trap_with_duration("x", post_x, d_ypre, soft))
         seq.add_block(*pre)
         train.add_lines(seq, counters, adc_phase=phase)
         seq.add_block(
-            trap_with_duration("z", spoil_z, d_spoil, system),
-            trap_with_duration("y", -tail_y, d_spoil, system),
+            trap_with_duration("z", spoil_z, d_spoil, soft),
+            trap_with_duration("y", -tail_y, d_spoil, soft),
         )
 
     for rep in range(p["n_repetitions"]):
@@ -396,7 +419,8 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         trajectory_long={"n_ref_lines": train.n_ref, "n_lines": n, "n_samples": n_samples},
         trajectory_double={"dwell_us": dwell * 1e6, "echo_spacing_us": esp * 1e6},
         trajectory_comment=(
-            "flat-top sampling, no ramp sampling; REV lines sample kx=(N/2-1-i)dk: flip them onto the forward "
+            "flat-top sampling, no ramp sampling; REV lines sample kx=(N/2-1-i)dk: flip them onto the "
+            "forward "
             "grid; NAV lines at ky=0 before the train are the ghost-correction reference"
         ),
         echo_train_length=n,
@@ -423,7 +447,11 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         echo_spacing=[esp],
         sequence_type="EPI",
         user_double=user_double,
-        user_long={"readout_oversampling": os, "dummy_scans": p["dummy_scans"], "n_diffusion_encodings": len(encodings)},
+        user_long={
+            "readout_oversampling": os,
+            "dummy_scans": p["dummy_scans"],
+            "n_diffusion_encodings": len(encodings),
+        },
         user_string={
             "unisono.protocol": protocol,
             "unisono.system": system.name,
@@ -442,8 +470,12 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         diffusion_encodings=[(b, list(d)) for b, d in encodings],
     )
     if dwi:
-        params.update(diffusion_lobe_flat=flat, diffusion_lobe_ramp=eps, diffusion_g_max=g_max,
-                      diffusion_Delta=d_diff + 2 * d_crush + ref.duration)
+        params.update(
+            diffusion_lobe_flat=flat,
+            diffusion_lobe_ramp=eps,
+            diffusion_g_max=g_max,
+            diffusion_Delta=d_diff + 2 * d_crush + ref.duration,
+        )
     return BuiltSequence(seq=seq, header=header, params=params, system=system, protocol=protocol)
 
 

@@ -86,6 +86,7 @@ def _lines(kind: str, p: dict[str, Any], fov: float) -> list[Line]:
 def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) -> BuiltSequence:
     """Build a spoiled GRE of ``kind`` (gre2d, gre3d, radial2d) from SI parameters ``p``."""
     fov, n = p["fov"], p["matrix"]
+    soft = system.with_slew(p["aux_gradient_slew"])  # prephasers, spoilers, crushers: lower PNS
     os = p["readout_oversampling"]
     if n % 2:
         raise ProtocolError(f"matrix = {n} must be even so that sample N/2 is the k-space centre.")
@@ -115,9 +116,9 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
 
     d_pre = ceil_to(
         max(
-            min_trap_duration(ro.area_to_center, system),
-            min_trap_duration(max_ky, system),
-            min_trap_duration(abs(exc.rephase_area) + max_kz, system),
+            min_trap_duration(ro.area_to_center, soft),
+            min_trap_duration(max_ky, soft),
+            min_trap_duration(abs(exc.rephase_area) + max_kz, soft),
         ),
         system.block_duration_raster,
     )
@@ -126,9 +127,9 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     radial = kind == "radial2d"
     d_spoil = ceil_to(
         max(
-            min_trap_duration(spoil_x + (tail if radial else 0.0), system),
-            min_trap_duration(max_ky + (tail if radial else 0.0), system),
-            min_trap_duration(spoil_z + max_kz, system),
+            min_trap_duration(spoil_x + (tail if radial else 0.0), soft),
+            min_trap_duration(max_ky + (tail if radial else 0.0), soft),
+            min_trap_duration(spoil_z + max_kz, soft),
             system.block_duration_raster,
         ),
         system.block_duration_raster,
@@ -146,7 +147,13 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     nav = None
     if nav_every:
         nav = make_navigator(
-            system, ro, p["navigator_flip_angle"], p["rf_duration"], p["rf_time_bandwidth"], p["rf_dwell"], thickness
+            system,
+            ro,
+            p["navigator_flip_angle"],
+            p["rf_duration"],
+            p["rf_time_bandwidth"],
+            p["rf_dwell"],
+            thickness,
         )
 
     seq = pp.Sequence(system=system.to_opts())
@@ -160,9 +167,9 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         n_exc += 1
         c, s = math.cos(line.angle), math.sin(line.angle)
         seq.add_block(place_rf(exc, freq, phase), exc.grad, pp.make_delay(exc.duration))
-        pre_x = trap_with_duration("x", -ro.area_to_center * c, d_pre, system)
-        pre_y = trap_with_duration("y", line.ky - ro.area_to_center * s, d_pre, system)
-        pre_z = trap_with_duration("z", exc.rephase_area + line.kz, d_pre, system)
+        pre_x = trap_with_duration("x", -ro.area_to_center * c, d_pre, soft)
+        pre_y = trap_with_duration("y", line.ky - ro.area_to_center * s, d_pre, soft)
+        pre_z = trap_with_duration("z", exc.rephase_area + line.kz, d_pre, soft)
         seq.add_block(*[g for g in (pre_x, pre_y, pre_z) if abs(g.area) > 1e-9], pp.make_delay(d_pre))
         if te_delay is not None:
             seq.add_block(te_delay)
@@ -173,16 +180,20 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
             seq.add_block(*ro_grads, pp.make_delay(ro.duration))
         else:
             adc = pp.make_adc(
-                num_samples=ro.n_samples, dwell=dwell, delay=ro.adc.delay, phase_offset=phase, system=system.to_opts()
+                num_samples=ro.n_samples,
+                dwell=dwell,
+                delay=ro.adc.delay,
+                phase_offset=phase,
+                system=system.to_opts(),
             )
             seq.add_block(*ro_grads, adc, pp.make_delay(ro.duration), *labels(**lab))
-        # radial: rewind the in-plane tail so that every spoke leaves the same moment; Cartesian: spoil along x
+        # radial: rewind the in-plane tail so every spoke leaves the same moment; Cartesian: spoil along x
         sx = spoil_x - (tail * c if radial else 0.0)
         sy = -line.ky - (tail * s if radial else 0.0)
         spoil = [
-            trap_with_duration("x", sx, d_spoil, system),
-            trap_with_duration("y", sy, d_spoil, system),
-            trap_with_duration("z", spoil_z - line.kz, d_spoil, system),
+            trap_with_duration("x", sx, d_spoil, soft),
+            trap_with_duration("y", sy, d_spoil, soft),
+            trap_with_duration("z", spoil_z - line.kz, d_spoil, soft),
         ]
         seq.add_block(*[g for g in spoil if abs(g.area) > 1e-9], pp.make_delay(d_spoil))
         if tr_delay is not None:
@@ -200,7 +211,9 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
                     lab = {"lin": line.lin, "par": line.par, "slc": slc, "avg": avg, "rep": rep}
                     one_tr(freq, line, lab)
 
-    return _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actual, te_min, tr_used, nav)
+    return _finish(
+        p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actual, te_min, tr_used, nav
+    )
 
 
 def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actual, te_min, tr_used, nav):
@@ -281,12 +294,18 @@ def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actu
     if kind == "radial2d":
         dk = 1.0 / (fov * os)
 
-        def traj_fn(lines=lines, n_rep=p["n_repetitions"] * p["n_averages"] * len(z_pos)):
+        n_rep = p["n_repetitions"] * p["n_averages"] * len(z_pos)
+
+        def traj_fn(lines=lines, n_rep=n_rep):
             r = (np.arange(n_samples) - n_samples // 2) * dk
-            spokes = [np.stack([r * math.cos(ln.angle), r * math.sin(ln.angle), 0 * r], axis=1) for ln in lines]
+            spokes = [
+                np.stack([r * math.cos(ln.angle), r * math.sin(ln.angle), 0 * r], axis=1) for ln in lines
+            ]
             return spokes * n_rep
 
-    return BuiltSequence(seq=seq, header=header, params=params, system=system, protocol=protocol, trajectory_fn=traj_fn)
+    return BuiltSequence(
+        seq=seq, header=header, params=params, system=system, protocol=protocol, trajectory_fn=traj_fn
+    )
 
 
 def build_gre2d(p: dict[str, Any], system: SystemProfile, protocol: str = "gre2d") -> BuiltSequence:

@@ -76,6 +76,7 @@ def make_header(
     >= 1.13 are not in the 1.8 schema that Debian's tools validate against.
     """
     enc_list = [_encoding(e) for e in encodings]
+
     def ms(values: Sequence[float]) -> list[float]:
         return [round(float(t) * 1e3, 9) for t in values]  # drop float noise below 1 ps
 

@@ -55,7 +55,9 @@ class Navigator:
         """Append the navigator blocks for the slice at ``freq_offset`` [Hz] with SLC/AVG/REP ``counters``."""
         ro = self.readout
         for axis_index, axis in enumerate(AXES):
-            seq.add_block(place_rf(self.exc, freq_offset, 0.0), self.exc.grad, pp.make_delay(self.exc.duration))
+            seq.add_block(
+                place_rf(self.exc, freq_offset, 0.0), self.exc.grad, pp.make_delay(self.exc.duration)
+            )
             pre = trap_with_duration(axis, -ro.area_to_center, self.pre_duration, self.system)
             reph = trap_with_duration("z", self.exc.rephase_area, self.pre_duration, self.system)
             seq.add_block(pre, reph)
@@ -95,4 +97,3 @@ def make_navigator(
         system.block_duration_raster,
     )
     return Navigator(exc, readout, pre, spoil, spoil_z, system)
-

@@ -15,6 +15,11 @@ pulses are 90 deg out of phase with the excitation (CPMG), the crushers around
 each refocusing pulse are equal so only the spin-echo path survives, and the
 readout moment is reset before each refocusing pulse so every echo is centred.
 
+With ``TI`` > 0 (tse2d) each slice module starts with a slice-selective
+inversion (``inversion_thickness_factor`` times the slice, so the slice
+profile is fully inverted), a spoiler and the delay that puts the excitation
+centre TI after the inversion centre (FLAIR/STIR-like).
+
 Multi-slice is interleaved within TR (even slices first, then odd), so TR is
 the time between excitations of the same slice.
 
@@ -55,7 +60,7 @@ _EPS = 1e-9
 
 
 def echo_order(n: int, etl: int, echo_at_centre: int) -> np.ndarray:
-    """Line index [shot, echo] for ``n`` lines, echo train length ``etl``, centre band at ``echo_at_centre``."""
+    """Line index [shot, echo] for ``n`` lines, train length ``etl``, centre band at ``echo_at_centre``."""
     shots = n // etl
     e = np.arange(etl)
     band = (e - echo_at_centre + etl // 2) % etl
@@ -70,6 +75,7 @@ def interleaved_order(n_slices: int) -> list[int]:
 def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) -> BuiltSequence:
     """Build ``kind`` ('se2d' or 'tse2d') from resolved SI parameters ``p`` for ``system``."""
     fov, n, os = p["fov"], p["matrix"], p["readout_oversampling"]
+    soft = system.with_slew(p["aux_gradient_slew"])  # prephasers, spoilers, crushers: lower PNS
     if n % 2:
         raise ProtocolError(f"matrix = {n} must be even so that line N/2 is the k-space centre.")
     n_samples = n * os
@@ -99,19 +105,19 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     x_fix = ro.area_to_center - tail  # resets kx so the next echo is centred after the refocusing flip
     spoil_z = 4.0 / thk
     d_pre = ceil_to(
-        max(min_trap_duration(ro.area_to_center, system), min_trap_duration(exc.rephase_area, system)), rb
+        max(min_trap_duration(ro.area_to_center, soft), min_trap_duration(exc.rephase_area, soft)), rb
     )
-    d_post = ceil_to(max(min_trap_duration(crush, system), min_trap_duration(np.max(np.abs(ky)), system)), rb)
+    d_post = ceil_to(max(min_trap_duration(crush, soft), min_trap_duration(np.max(np.abs(ky)), soft)), rb)
     d_prer = ceil_to(
         max(
-            min_trap_duration(crush, system),
-            min_trap_duration(np.max(np.abs(ky)), system),
-            min_trap_duration(abs(x_fix), system),
+            min_trap_duration(crush, soft),
+            min_trap_duration(np.max(np.abs(ky)), soft),
+            min_trap_duration(abs(x_fix), soft),
         ),
         rb,
     )
     d_spoil = ceil_to(
-        max(min_trap_duration(spoil_z, system), min_trap_duration(np.max(np.abs(ky)), system), rb), rb
+        max(min_trap_duration(spoil_z, soft), min_trap_duration(np.max(np.abs(ky)), soft), rb), rb
     )
 
     first_min = (exc.duration - exc.t_center) + d_pre + d_prer + ref.t_center
@@ -142,6 +148,25 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     c, a, b = half - first_min, half - a_min, half - b_min
     per_echo = d_prer + ref.duration + d_post + a + ro.duration + b
     module = exc.duration + d_pre + c + etl * per_echo + d_spoil
+    # optional inversion recovery (FLAIR/STIR-like): slice-selective inversion, spoiler, then TI delay
+    ti = p.get("TI", 0.0)
+    inv = None
+    ti_actual = 0.0
+    if ti > 0:
+        inv = slice_excitation(
+            system,
+            math.pi,
+            p["refocusing_rf_duration"],
+            *rf_args[:3],
+            p["inversion_thickness_factor"] * thk,
+            use="inversion",
+        )
+        d_inv_spoil = ceil_to(min_trap_duration(spoil_z, soft), rb)
+        ti_min = (inv.duration - inv.t_center) + d_inv_spoil + exc.t_center
+        ti_delay = delay_block(ti - ti_min, system, "TI", ti, ti_min)
+        ti_fill = round_to(ti - ti_min, rb) if ti_delay is not None else 0.0
+        ti_actual = ti_min + ti_fill
+        module += inv.duration + d_inv_spoil + ti_fill
     slices = interleaved_order(p["n_slices"])
     z_pos = slice_positions(p["n_slices"], thk, p["slice_gap"])
     tr_used = module * len(slices)
@@ -159,27 +184,34 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     def module_blocks(slc: int, shot: int, counters: dict[str, int] | None) -> None:
         freq_exc = exc.grad.amplitude * z_pos[slc]
         freq_ref = ref.grad.amplitude * z_pos[slc]
+        if inv is not None:
+            seq.add_block(
+                place_rf(inv, inv.grad.amplitude * z_pos[slc], 0.0), inv.grad, pp.make_delay(inv.duration)
+            )
+            seq.add_block(trap_with_duration("z", spoil_z, d_inv_spoil, soft))
+            if ti_delay is not None:
+                seq.add_block(ti_delay)
         seq.add_block(place_rf(exc, freq_exc, 0.0), exc.grad, pp.make_delay(exc.duration))
         seq.add_block(
-            trap_with_duration("x", ro.area_to_center, d_pre, system),
-            trap_with_duration("z", exc.rephase_area, d_pre, system),
+            trap_with_duration("x", ro.area_to_center, d_pre, soft),
+            trap_with_duration("z", exc.rephase_area, d_pre, soft),
         )
         for d in delay(c):
             seq.add_block(d)
         prev_ky = 0.0
         for e in range(etl):
             line = int(order[shot, e])
-            grads = [trap_with_duration("z", crush, d_prer, system)]
+            grads = [trap_with_duration("z", crush, d_prer, soft)]
             if e > 0:
                 if abs(prev_ky) > _EPS:
-                    grads.append(trap_with_duration("y", -prev_ky, d_prer, system))
+                    grads.append(trap_with_duration("y", -prev_ky, d_prer, soft))
                 if abs(x_fix) > _EPS:
-                    grads.append(trap_with_duration("x", x_fix, d_prer, system))
+                    grads.append(trap_with_duration("x", x_fix, d_prer, soft))
             seq.add_block(*grads, pp.make_delay(d_prer))
             seq.add_block(place_rf(ref, freq_ref, math.pi / 2), ref.grad, pp.make_delay(ref.duration))
-            post = [trap_with_duration("z", crush, d_post, system)]
+            post = [trap_with_duration("z", crush, d_post, soft)]
             if abs(ky[line]) > _EPS:
-                post.append(trap_with_duration("y", float(ky[line]), d_post, system))
+                post.append(trap_with_duration("y", float(ky[line]), d_post, soft))
             seq.add_block(*post, pp.make_delay(d_post))
             for d in delay(a):
                 seq.add_block(d)
@@ -191,9 +223,9 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
             for d in delay(b):
                 seq.add_block(d)
             prev_ky = float(ky[line])
-        spoil = [trap_with_duration("z", spoil_z, d_spoil, system)]
+        spoil = [trap_with_duration("z", spoil_z, d_spoil, soft)]
         if abs(prev_ky) > _EPS:
-            spoil.append(trap_with_duration("y", -prev_ky, d_spoil, system))
+            spoil.append(trap_with_duration("y", -prev_ky, d_spoil, soft))
         seq.add_block(*spoil, pp.make_delay(d_spoil))
 
     n_shots = n // etl
@@ -215,6 +247,8 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     seq.set_definition("Matrix", [n, n, 1])
     seq.set_definition("ReadoutOversamplingFactor", os)
     seq.set_definition("TE", te_actual)
+    if inv is not None:
+        seq.set_definition("TI", ti_actual)
     seq.set_definition("TR", tr_actual)
     seq.set_definition("FlipAngle", math.degrees(p["flip_angle"]))
     seq.set_definition("RefocusingFlipAngle", math.degrees(p["refocusing_flip_angle"]))
@@ -251,6 +285,7 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         TR=[tr_actual],
         TE=[te_actual],
         flip_angle=[p["flip_angle"]],
+        TI=[ti_actual] if inv is not None else [],
         echo_spacing=[esp] if kind == "tse2d" else [],
         sequence_type="TSE" if kind == "tse2d" else "SpinEcho",
         user_double={
@@ -267,6 +302,7 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         actual_TE=te_actual,
         actual_TR=tr_actual,
         actual_echo_spacing=esp,
+        actual_TI=ti_actual,
         min_TR=tr_used,
         readout_dwell=dwell,
         actual_readout_bandwidth=1.0 / (n_samples * dwell),

@@ -109,15 +109,18 @@ def ramp_down(g_last: complex, s_max: float, dt: float) -> np.ndarray:
 def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "spiral2d") -> BuiltSequence:
     """Build spiral2d from resolved SI parameters ``p`` for ``system``."""
     fov, n, n_int = p["fov"], p["matrix"], p["n_interleaves"]
+    soft = system.with_slew(p["aux_gradient_slew"])  # prephasers, spoilers, crushers: lower PNS
     thk = p["slice_thickness"]
     rb, gr = system.block_duration_raster, system.grad_raster_time
     dwell = p["adc_dwell"]
-    if abs(dwell / system.adc_raster_time - round(dwell / system.adc_raster_time)) > 1e-6 or abs(
-        dwell / 2 / system.rf_raster_time - round(dwell / 2 / system.rf_raster_time)
-    ) > 1e-6:
+    if (
+        abs(dwell / system.adc_raster_time - round(dwell / system.adc_raster_time)) > 1e-6
+        or abs(dwell / 2 / system.rf_raster_time - round(dwell / 2 / system.rf_raster_time)) > 1e-6
+    ):
         raise ProtocolError(
-            f"adc_dwell = {dwell * 1e6:g} us must be a multiple of the {system.adc_raster_time * 1e6:g} us ADC "
-            f"raster of system {system.name} with half of it on its {system.rf_raster_time * 1e6:g} us RF raster."
+            f"adc_dwell = {dwell * 1e6:g} us must be a multiple of the {system.adc_raster_time * 1e6:g} us "
+            f"ADC raster of system {system.name} with half of it on its {system.rf_raster_time * 1e6:g} us "
+            f"RF raster."
         )
     T = p["design_raster"]
     if not (is_multiple(T, gr) and is_multiple(T, rb)):
@@ -161,11 +164,11 @@ def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "sp
         p["rf_dwell"],
         thk,
     )
-    d_reph = ceil_to(min_trap_duration(exc.rephase_area, system), rb)
+    d_reph = ceil_to(min_trap_duration(exc.rephase_area, soft), rb)
     g_delay = ceil_to(max(system.adc_dead_time + dwell / 2, T), T)  # same on every profile
     d_spiral = ceil_to(g_delay + knots[-1] + system.adc_dead_time, rb)
     spoil_z = p["spoiler_cycles"] / thk
-    d_rew = ceil_to(max(min_trap_duration(abs(k_end), system), min_trap_duration(spoil_z, system), rb), rb)
+    d_rew = ceil_to(max(min_trap_duration(abs(k_end), soft), min_trap_duration(spoil_z, soft), rb), rb)
 
     te_min = (exc.duration - exc.t_center) + d_reph + g_delay
     te_fill = p["TE"] - te_min
@@ -187,7 +190,7 @@ def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "sp
         n_exc += 1
         rot = complex(math.cos(2 * math.pi * i / n_int), math.sin(2 * math.pi * i / n_int))
         seq.add_block(place_rf(exc, freq, phase), exc.grad, pp.make_delay(exc.duration))
-        seq.add_block(trap_with_duration("z", exc.rephase_area, d_reph, system))
+        seq.add_block(trap_with_duration("z", exc.rephase_area, d_reph, soft))
         if te_delay is not None:
             seq.add_block(te_delay)
         gw = g * rot
@@ -201,10 +204,10 @@ def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "sp
             events += [adc, *labels(**lab)]
         seq.add_block(*events)
         ke = k_end * rot
-        rew = [trap_with_duration("z", spoil_z, d_rew, system)]
+        rew = [trap_with_duration("z", spoil_z, d_rew, soft)]
         for axis, area in (("x", -ke.real), ("y", -ke.imag)):
             if abs(area) > 1e-9:
-                rew.append(trap_with_duration(axis, area, d_rew, system))
+                rew.append(trap_with_duration(axis, area, d_rew, soft))
         seq.add_block(*rew, pp.make_delay(d_rew))
         if tr_delay is not None:
             seq.add_block(tr_delay)
@@ -247,7 +250,7 @@ def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "sp
         trajectory_id="unisono.spiral_archimedean",
         trajectory_long={"n_interleaves": n_int, "n_samples": n_samples},
         trajectory_double={"k_max_per_m": k_max, "dwell_us": dwell * 1e6, "fov_m": fov},
-        trajectory_comment="spiral-out, interleave i rotated by 2 pi i / n_interleaves; traj in each acquisition",
+        trajectory_comment="spiral-out, interleave i rotated by 2 pi i / n_interleaves; traj in the data",
     )
     header = make_header(
         protocol_name=protocol,

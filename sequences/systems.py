@@ -9,7 +9,7 @@ Builders only ever see these limits through :meth:`SystemProfile.to_opts`.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pypulseq as pp
@@ -74,6 +74,10 @@ class SystemProfile:
     def max_slew_hz(self) -> float:
         """Maximum slew rate in pypulseq's unit [Hz/m/s]."""
         return self.max_slew * self.gamma
+
+    def with_slew(self, max_slew: float) -> SystemProfile:
+        """This profile with the slew rate capped at ``max_slew`` [T/m/s] (never raised)."""
+        return replace(self, max_slew=min(self.max_slew, max_slew))
 
     def to_opts(self) -> pp.Opts:
         """The pypulseq system limits for this profile."""

@@ -70,14 +70,17 @@ def run_benchmark(
         "spins": stats["n_spins"],
         "blocks": stats["n_blocks"],
         "acquisitions": n_acq,
-        "samples_per_acquisition": int(params.get("matrix", matrix)) * int(params.get("readout_oversampling", 1)),
+        "samples_per_acquisition": int(params.get("matrix", matrix))
+        * int(params.get("readout_oversampling", 1)),
         "spin_steps": stats["spin_steps"],
         "wall_s_median": round(median, 4),
         "wall_s_min": round(min(walls), 4),
         "spin_steps_per_s": float(f"{stats['spin_steps'] / median:.4g}"),
         "repeats": repeats,
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "cpu_count": os.cpu_count(),

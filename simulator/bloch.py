@@ -15,7 +15,7 @@ parameters; relaxation during a pulse is applied half before and half after the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,11 +27,14 @@ TWO_PI = 2.0 * math.pi
 
 @dataclass
 class SpinFields:
-    """Per-spin quantities the engine needs, on its device (all (N,) unless stated).
+    """What the engine needs per spin (N,) and per isochromat (G,), on its device.
 
-    pos: (N, 3) float32 m; pos64: (N, 3) float64 m (phases of long moments need float64);
-    df: off-resonance (Hz) = tissue + site B0 map; b1: relative B1+; r1, r2 (1/s);
-    sens_m0: (C, N) complex64 coil sensitivity x equilibrium magnetisation.
+    Spins: pos (N, 3) float32 m; pos64 (N, 3) float64 m (phases of long moments need float64);
+    df off-resonance (Hz) = tissue + site B0, equal for the m spins of an isochromat; b1 relative
+    B1+; r1, r2 (1/s). Isochromats: g_pos64 (G, 3) float64 m; g_df, g_r2 (G,); sens_m0 (C, G)
+    complex64 coil sensitivity x equilibrium magnetisation of one spin. ``m`` spins per
+    isochromat (spin g*m+s belongs to isochromat g) differ only along ``spread_dir`` (unit, 3)
+    by at most ``spread_m`` (m).
     """
 
     pos: torch.Tensor
@@ -40,7 +43,13 @@ class SpinFields:
     b1: torch.Tensor
     r1: torch.Tensor
     r2: torch.Tensor
+    g_pos64: torch.Tensor
+    g_df: torch.Tensor
+    g_r2: torch.Tensor
     sens_m0: torch.Tensor
+    m: int = 1
+    spread_dir: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
+    spread_m: float = 0.0
 
 
 class BlochEngine:
@@ -176,16 +185,27 @@ class BlochEngine:
         k = ro.tau.size
         kmom = torch.as_tensor(ro.kmom, dtype=torch.float64, device=dev)
         tau = torch.as_tensor(ro.tau, dtype=torch.float64, device=dev)
-        a = f.sens_m0 * self.mxy[None, :]  # (C, N)
+        # the m spins of an isochromat differ only along spread_dir: with no k-space motion
+        # along it during the window their signals are identical in phase, so sum them first
+        along = np.abs(f.spread_dir @ ro.kmom).max() * f.spread_m if k else 0.0
+        if f.m == 1 or along < 1e-5:
+            mxy = self.mxy.reshape(-1, f.m).sum(dim=1) if f.m > 1 else self.mxy
+            pos64, df, r2, sens_m0 = f.g_pos64, f.g_df, f.g_r2, f.sens_m0
+        else:
+            mxy = self.mxy
+            pos64, df, r2 = f.pos64, f.df, f.r2
+            sens_m0 = f.sens_m0.repeat_interleave(f.m, dim=1)
+        n_sig = mxy.shape[0]
+        a = sens_m0 * mxy[None, :]  # (C, n_sig)
         if ro.linear and k > 1:
             dk = (kmom[:, -1] - kmom[:, 0]) / (k - 1)
             dtau = float(ro.tau[1] - ro.tau[0])
-            first = self._decay_phase(kmom[:, 0], float(ro.tau[0]))
-            step = self._decay_phase(dk, dtau)
+            first = _decay_phase(pos64, df, r2, kmom[:, 0], float(ro.tau[0]))
+            step = _decay_phase(pos64, df, r2, dk, dtau)
             # block length: a power of two, so that step^b falls out of the doubling below
             b = 1 << min(int(math.log2(block)), (k - 1).bit_length())
             # powers step^0 .. step^(b-1) by doubling (N, b); ``sq`` holds step^width
-            powers = torch.empty(f.df.shape[0], b, dtype=torch.complex64, device=dev)
+            powers = torch.empty(n_sig, b, dtype=torch.complex64, device=dev)
             powers[:, 0] = 1.0
             sq = step
             width = 1
@@ -205,21 +225,21 @@ class BlochEngine:
             sig = torch.empty(a.shape[0], k, dtype=torch.complex64, device=dev)
             for s0 in range(0, k, block):
                 s1 = min(k, s0 + block)
-                cycles = f.pos64 @ kmom[:, s0:s1] + f.df.to(torch.float64)[:, None] * tau[None, s0:s1]
+                cycles = pos64 @ kmom[:, s0:s1] + df.to(torch.float64)[:, None] * tau[None, s0:s1]
                 phase = (TWO_PI * torch.remainder(cycles, 1.0)).to(torch.float32)
-                decay = torch.exp(-f.r2[:, None] * tau[None, s0:s1].to(torch.float32))
+                decay = torch.exp(-r2[:, None] * tau[None, s0:s1].to(torch.float32))
                 sig[:, s0:s1] = a @ torch.polar(decay, -phase)
         # receiver demodulation: phase offset and frequency offset referenced to the window start
         demod = ro.phase_rad - TWO_PI * ro.freq_hz * ro.tau
         if ro.phase_modulation is not None:
             demod = demod + ro.phase_modulation
         sig = sig * torch.as_tensor(np.exp(-1j * demod), dtype=torch.complex64, device=dev)[None, :]
-        self.spin_steps += self.n * k
+        self.spin_steps += n_sig * k
         return sig
 
-    def _decay_phase(self, kmom: torch.Tensor, tau: float) -> torch.Tensor:
-        """exp(-i 2 pi (r.k + df tau) - tau R2) per spin (N,) complex64."""
-        f = self.f
-        cycles = f.pos64 @ kmom + f.df.to(torch.float64) * tau
-        phase = (TWO_PI * torch.remainder(cycles, 1.0)).to(torch.float32)
-        return torch.polar(torch.exp(-tau * f.r2), -phase)
+
+def _decay_phase(pos64: torch.Tensor, df: torch.Tensor, r2: torch.Tensor, kmom: torch.Tensor, tau: float):
+    """exp(-i 2 pi (r.k + df tau) - tau R2) per spin or isochromat (complex64)."""
+    cycles = pos64 @ kmom + df.to(torch.float64) * tau
+    phase = (TWO_PI * torch.remainder(cycles, 1.0)).to(torch.float32)
+    return torch.polar(torch.exp(-tau * r2), -phase)

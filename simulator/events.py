@@ -310,13 +310,15 @@ def compile_block(
     edges = sorted({0.0, duration, *(w[0] for w in windows), *(w[1] for w in windows)})
     m_edges = grads.integral(np.array(edges))
     edge_moments.update({e: m_edges[:, j] for j, e in enumerate(edges)})
-    for (a0, a1, _), (b0, _, _) in zip(windows, windows[1:], strict=False):
+    for (_, a1, _), (b0, _, _) in zip(windows, windows[1:], strict=False):
         if b0 < a1 - 1e-9:
             raise SequenceError(f"block {index}: RF and ADC overlap in time, which is not supported")
     t = 0.0
     for w0, w1, kind in windows:
         if w1 > duration + 1e-9:
-            raise SequenceError(f"block {index}: {kind} ends at {w1:.6g} s, after the block ({duration:.6g} s)")
+            raise SequenceError(
+                f"block {index}: {kind} ends at {w1:.6g} s, after the block ({duration:.6g} s)"
+            )
         if w0 > t:
             info.events.append(Free(w0 - t, moment(t, w0)))
         if kind == "rf":

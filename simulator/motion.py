@@ -24,7 +24,14 @@ import torch
 def rotation_matrix(rx_deg: float, ry_deg: float, rz_deg: float) -> np.ndarray:
     """R = Rz Ry Rx for rotations (degrees) about the scanner x, y, z axes."""
     ax, ay, az = (math.radians(v) for v in (rx_deg, ry_deg, rz_deg))
-    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
+    cx, sx, cy, sy, cz, sz = (
+        math.cos(ax),
+        math.sin(ax),
+        math.cos(ay),
+        math.sin(ay),
+        math.cos(az),
+        math.sin(az),
+    )
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
@@ -83,7 +90,9 @@ class MotionTrajectory:
         self.rotations_deg = np.asarray(self.rotations_deg, dtype=np.float64).reshape(-1, 3)
         n = self.times_s.size
         if n == 0 or self.translations_mm.shape[0] != n or self.rotations_deg.shape[0] != n:
-            raise ValueError("motion: times, translations and rotations need the same (non-zero) number of rows")
+            raise ValueError(
+                "motion: times, translations and rotations need the same (non-zero) number of rows"
+            )
         if np.any(np.diff(self.times_s) < 0):
             raise ValueError("motion: keyframe times must be non-decreasing")
         if np.abs(self.translations_mm).max() > 100 or np.abs(self.rotations_deg).max() > 45:
@@ -142,8 +151,10 @@ class MotionTrajectory:
                 continue
             parts = line.replace(",", " ").split()
             if len(parts) != 7:
-                raise ValueError(f"motion file {path}, line {n}: expected 7 values "
-                                 f"(t_s tx_mm ty_mm tz_mm rx_deg ry_deg rz_deg), got {len(parts)}")  # fmt: skip
+                raise ValueError(
+                    f"motion file {path}, line {n}: expected 7 values "
+                    f"(t_s tx_mm ty_mm tz_mm rx_deg ry_deg rz_deg), got {len(parts)}"
+                )
             try:
                 rows.append([float(p) for p in parts])
             except ValueError as exc:

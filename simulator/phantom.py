@@ -242,7 +242,9 @@ def load_phantom(path: str | Path) -> Phantom:
             raise ValueError(f"phantom file {path}: attribute 'voxel_size_mm' (3 values, mm) is missing")
         vs = np.asarray(f.attrs["voxel_size_mm"], dtype=np.float64).ravel()
         if vs.size != 3 or (vs <= 0).any():
-            raise ValueError(f"phantom file {path}: voxel_size_mm must be 3 positive values; got {vs.tolist()}")
+            raise ValueError(
+                f"phantom file {path}: voxel_size_mm must be 3 positive values; got {vs.tolist()}"
+            )
         pd = np.asarray(f["PD"], dtype=np.float32)
         if pd.ndim != 3:
             raise ValueError(f"phantom file {path}: PD must be 3-D (z, y, x); got shape {pd.shape}")

@@ -63,25 +63,41 @@ def load_sequence(seq_or_path):
 
 
 def spin_fields(
-    spins: Spins, site: Site, pos: torch.Tensor, device: torch.device, sens: torch.Tensor | None = None
+    spins: Spins,
+    site: Site,
+    pose=None,
+    device: torch.device | str = "cpu",
+    sens: torch.Tensor | None = None,
 ) -> SpinFields:
-    """Per-spin fields at scanner positions ``pos`` (N, 3) m: B0/B1+ maps and coil sensitivities.
+    """Fields at the spins' scanner positions (rest positions moved by ``pose``, if any).
 
-    The site's fields and coils are fixed in the scanner, so a moving head sees them change.
-    ``sens`` (C, N) reuses already computed receive sensitivities.
+    The site's B0/B1+ maps and coils are fixed in the scanner, so a moving head sees them
+    change. B0 and the coils are evaluated at the isochromat positions (the m spins of an
+    isochromat share its frequency and sensitivity; both maps are smooth over a voxel), B1+ at
+    every spin. ``sens`` (C, G) reuses already computed receive sensitivities.
     """
-    pos = pos.to(torch.float32)
+    device = torch.device(device)
+    spin_pos = spins.voxel_pos if pose is None else pose.apply(spins.voxel_pos)
+    group_pos = spins.group_pos if pose is None else pose.apply(spins.group_pos)
+    spread_dir = np.array([0.0, 0.0, 1.0]) if pose is None else pose.matrix @ np.array([0.0, 0.0, 1.0])
+    g32 = group_pos.to(torch.float32)
     if sens is None:
-        sens = site.coil_sensitivities(pos)
-    sens = sens * spins.m0[None, :]
+        sens = site.coil_sensitivities(g32)
+    g_df = spins.df_tissue + site.b0_map(g32)
     return SpinFields(
-        pos=pos.to(device),
-        pos64=pos.to(torch.float64).to(device),
-        df=(spins.df_tissue + site.b0_map(pos)).to(device),
-        b1=(spins.b1_object * site.b1_map(pos)).to(device),
-        r1=spins.r1.to(device),
-        r2=spins.r2.to(device),
-        sens_m0=(sens * site.receiver_gain).to(torch.complex64).to(device),
+        pos=spin_pos.to(torch.float32).to(device),
+        pos64=spin_pos.to(torch.float64).to(device),
+        df=spins.per_spin(g_df).to(device),
+        b1=(spins.per_spin(spins.b1_object) * site.b1_map(spin_pos.to(torch.float32))).to(device),
+        r1=spins.per_spin(spins.r1).to(device),
+        r2=spins.per_spin(spins.r2).to(device),
+        g_pos64=group_pos.to(torch.float64).to(device),
+        g_df=g_df.to(device),
+        g_r2=spins.r2.to(device),
+        sens_m0=(sens * (spins.m0 / spins.m)[None, :] * site.receiver_gain).to(torch.complex64).to(device),
+        m=spins.m,
+        spread_dir=spread_dir,
+        spread_m=spins.spread_m,
     )
 
 
@@ -211,7 +227,7 @@ def correct_pulse(p: Pulse, k_abs: np.ndarray, t_m: np.ndarray) -> Pulse:
 
 def correct_readout(ro: Readout, k_abs: np.ndarray, t_m: np.ndarray) -> Readout:
     """Receiver phase-tracked for a head translated by ``t_m``: the sample times e^{+i 2 pi K.t}."""
-    theta = 2 * math.pi * ((k_abs[:, None] + ro.kmom).T @ t_m)
+    theta = -2 * math.pi * ((k_abs[:, None] + ro.kmom).T @ t_m)
     pm = theta if ro.phase_modulation is None else ro.phase_modulation + theta
     return replace(ro, phase_modulation=pm)
 
@@ -225,6 +241,7 @@ def simulate(
     isochromats_per_voxel: int = 4,
     seed: int = 0,
     motion=None,
+    spins_per_isochromat: int = 8,
     feedback: Callable[[], object] | None = None,
     realtime: bool = False,
     stats: dict | None = None,
@@ -238,7 +255,10 @@ def simulate(
         header: MRD header (decides the trajectory type and the trajectory normalisation);
             None = from the sequence definitions.
         device: auto, cpu, cuda or cuda:N.
-        isochromats_per_voxel: isochromats per phantom voxel.
+        isochromats_per_voxel: isochromats (in-plane sub-positions x T2' frequencies) per voxel;
+            the cost of every ADC sample scales with it.
+        spins_per_isochromat: spins carrying each isochromat, stratified through the voxel along
+            z (slice profile, spoiling); summed before the readout when it has no k_z.
         seed: seeds the isochromat T2' order and the thermal noise.
         motion: a :class:`simulator.motion.MotionTrajectory` (rigid head motion against time).
         feedback: callable returning the latest rigid transform (or None); applied prospectively
@@ -261,8 +281,8 @@ def simulate(
     traj_kind = trajectory_type(header)
     scale = traj_scale(header)
     plan = plan_adcs(seq, traj_kind)
-    spins = build_spins(phantom, site, isochromats_per_voxel, seed)
-    engine = BlochEngine(spin_fields(spins, site, spins.pos, dev))
+    spins = build_spins(phantom, site, isochromats_per_voxel, seed, spins_per_isochromat)
+    engine = BlochEngine(spin_fields(spins, site, None, dev))
     gen = torch.Generator().manual_seed(seed + 1)
     cov = site.noise_covariance()
     # sigma = 0 (a noiseless site) has a zero covariance, whose Cholesky factor is zero
@@ -285,11 +305,11 @@ def simulate(
             pose = motion.transform_at(t_seq)
             if current_pose is None or not pose.close_to(current_pose, MOTION_STEP_MM, MOTION_STEP_DEG):
                 current_pose = pose
-                pos = pose.apply(spins.voxel_pos)
+                gpos = pose.apply(spins.group_pos)
                 # receive maps are smooth: re-evaluate them only after a move of > 1 mm
-                if sens_pos is None or float((pos - sens_pos).norm(dim=1).max()) > SENS_UPDATE_M:
-                    sens_pos, sens = pos, site.coil_sensitivities(pos.to(torch.float32))
-                engine.set_fields(spin_fields(spins, site, pos, dev, sens))
+                if sens_pos is None or float((gpos - sens_pos).norm(dim=1).max()) > SENS_UPDATE_M:
+                    sens_pos, sens = gpos, site.coil_sensitivities(gpos.to(torch.float32))
+                engine.set_fields(spin_fields(spins, site, pose, dev, sens))
         if feedback is not None:
             fb = feedback()
             if fb is not None:
@@ -353,6 +373,7 @@ def simulate(
             wall_s=time.perf_counter() - t_wall,
             spin_steps=engine.spin_steps,
             n_spins=engine.n,
+            n_isochromats=spins.n_groups,
             n_blocks=n_blocks,
             n_acquisitions=adc_i,
             sequence_duration_s=t_seq,

@@ -62,7 +62,9 @@ class Site:
             raise ValueError(f"{where}: field_T={self.field_T} must be in 0.05..14 T")
         for key in (*self.b0_poly_hz, *self.b1_poly):
             if key not in POLY_TERMS:
-                raise ValueError(f"{where}: polynomial term '{key}' is unknown; allowed: {', '.join(POLY_TERMS)}")
+                raise ValueError(
+                    f"{where}: polynomial term '{key}' is unknown; allowed: {', '.join(POLY_TERMS)}"
+                )
         if not 0.1 <= self.b1_scale <= 3.0:
             raise ValueError(f"{where}: b1.scale={self.b1_scale} must be in 0.1..3")
         if not isinstance(self.n_coils, int) or not 1 <= self.n_coils <= 128:
@@ -74,7 +76,9 @@ class Site:
         if not 0.05 <= self.coil_ring_radius_m <= 0.5:
             raise ValueError(f"{where}: coils.ring_radius_m={self.coil_ring_radius_m} must be in 0.05..0.5 m")
         if not 0.005 <= self.coil_loop_radius_m <= 0.2:
-            raise ValueError(f"{where}: coils.loop_radius_m={self.coil_loop_radius_m} must be in 0.005..0.2 m")
+            raise ValueError(
+                f"{where}: coils.loop_radius_m={self.coil_loop_radius_m} must be in 0.005..0.2 m"
+            )
         if not self.noise_sigma >= 0:
             raise ValueError(f"{where}: noise.sigma={self.noise_sigma} must be >= 0")
         if not 0.0 <= self.noise_correlation < 1.0:
@@ -88,7 +92,9 @@ class Site:
         if isinstance(delay, int | float):
             delay = (float(delay),) * 3
         if len(delay) != 3 or max(abs(float(d)) for d in delay) > 1e-4:
-            raise ValueError(f"{where}: gradients.delay_s must be one or 3 values within +-100 us; got {delay}")
+            raise ValueError(
+                f"{where}: gradients.delay_s must be one or 3 values within +-100 us; got {delay}"
+            )
         self.gradient_delay_s = tuple(float(d) for d in delay)  # type: ignore[assignment]
 
     # -- spatial maps -------------------------------------------------------------------------
@@ -143,7 +149,9 @@ class Site:
         d = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
         if self.n_coils > 1:
             d_nn = np.min(d + np.eye(self.n_coils) * 1e9)
-            corr = self.noise_correlation ** (d / d_nn) if self.noise_correlation > 0 else np.eye(self.n_coils)
+            corr = (
+                self.noise_correlation ** (d / d_nn) if self.noise_correlation > 0 else np.eye(self.n_coils)
+            )
         else:
             corr = np.ones((1, 1))
         scales = np.asarray(self.noise_scales or (1.0,) * self.n_coils)

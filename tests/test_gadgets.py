@@ -274,7 +274,34 @@ def test_parse_chain_errors_name_the_field() -> None:
         parse_chain('name = "x"\n[[gadget]]\ngadget = "PassThrough"\n[[gadget]]\ngadget = "PassThrough"\n')
     with pytest.raises(ValueError, match="unknown key"):
         parse_chain('name = "x"\nqueue = 3\n[[gadget]]\ngadget = "PassThrough"\n')
-    with pytest.raises(ValueError, match="has no parameter 'methd'; allowed: method"):
+    with pytest.raises(ValueError, match="has no parameter 'methd'; allowed: calib_size, method"):
         load_chain("cartesian", overrides={"combine": {"methd": "rss"}})
     with pytest.raises(ValueError, match="has no gadget 'combined'"):
         load_chain("cartesian", overrides={"combined": {"method": "rss"}})
+
+
+def test_stream_recording_reads_and_converts_even_when_cut_short(tmp_path: Path) -> None:
+    from ismrmrd.serialization import ProtocolSerializer
+
+    from gadgets.recorder import stream_to_h5
+
+    header, acqs = _synthetic_stream(n_lines=12, n_coils=3)
+    full = tmp_path / "full.mrd"
+    with open(full, "wb") as f:
+        ser = ProtocolSerializer(f)
+        ser.serialize(header)
+        for a in acqs:
+            ser.serialize(a)
+        ser.close()
+    h, got = read_raw(full)  # read_raw detects a stream file by content
+    assert h.encoding[0].encodedSpace.matrixSize.x == 32
+    assert all(a == b for a, b in zip(got, acqs, strict=True))
+    # a client that disconnects mid-message: everything complete is kept, in HDF5 too
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mrd"
+    cut.write_bytes(data[: len(data) - 3 * acqs[-1].data.nbytes // 2])
+    assert len(read_raw(cut)[1]) == len(acqs) - 2
+    assert stream_to_h5(cut, tmp_path / "cut.h5") == len(acqs) - 2
+    assert not cut.exists()  # the stream file is removed once converted
+    h5_header, h5_acqs = read_raw(tmp_path / "cut.h5")
+    assert all(a == b for a, b in zip(h5_acqs, acqs[:-2], strict=True))

@@ -150,6 +150,14 @@ def test_oversampling_removal_keeps_central_fov() -> None:
     assert torch.allclose(x2, obj[:, n // 4 : 3 * n // 4], atol=1e-5)
 
 
+@pytest.mark.parametrize(("n", "factor"), [(512, 2), (12, 2), (10, 2), (24, 3), (18, 3)])
+def test_oversampling_fast_path_equals_centred_crop(n: int, factor: int) -> None:
+    # the shift-free fast path (even n and n/factor) must equal the explicit centred crop
+    k = _crandn(3, n)
+    expected = fft.fftnc(oversampling.crop_center(fft.ifftnc(k, -1), n // factor, -1), -1)
+    assert torch.allclose(oversampling.remove_readout_oversampling(k, factor), expected, atol=1e-5)
+
+
 def test_oversampling_rejects_indivisible_length() -> None:
     with pytest.raises(ValueError, match="divisible"):
         oversampling.remove_readout_oversampling(torch.zeros(2, 63, dtype=torch.complex64), 2)

@@ -22,10 +22,32 @@ def test_list_names_protocols_and_systems(capsys):
     assert all(out["protocols"].values()) and all(out["systems"].values())
 
 
+def test_list_one_protocol_shows_units_and_ranges(capsys):
+    assert main(["sequence", "list", "tse2d", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    te = next(r for r in out["params"] if r["name"] == "TE")
+    assert te["unit"] == "ms" and "to" in te["allowed"] and te["description"]
+    assert main(["sequence", "list", "gre2d"]) == 0
+    assert "readout_bandwidth" in capsys.readouterr().out
+
+
 def test_build_writes_seq_and_header(tmp_path, capsys):
     target = tmp_path / "g.seq"
-    rc = main(["sequence", "build", "gre2d", "--system", "vendor_b_3t", "--set", "matrix=16", "--set", "TE=6ms",
-               "-o", str(target)])
+    rc = main(
+        [
+            "sequence",
+            "build",
+            "gre2d",
+            "--system",
+            "vendor_b_3t",
+            "--set",
+            "matrix=16",
+            "--set",
+            "TE=6ms",
+            "-o",
+            str(target),
+        ]
+    )
     assert rc == 0
     assert target.exists() and (tmp_path / "g.mrd.xml").exists()
     h = sequences.header_for_seq_file(target)
@@ -99,3 +121,15 @@ def test_plot_writes_png(tmp_path, capsys):
 def test_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["sequence", "info", str(tmp_path / "none.seq")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_docs_describe_every_protocol_parameter_and_system():
+    from sequences.protocol import load_protocol
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sequences.md").read_text()
+    for name in sequences.list_protocols():
+        assert f"### {name} " in doc or f"### `{name}`" in doc, name
+        for param in load_protocol(name).params:
+            assert f"`{param}`" in doc, (name, param)
+    for system in sequences.list_systems():
+        assert f"`{system}`" in doc, system

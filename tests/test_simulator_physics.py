@@ -14,7 +14,7 @@ import torch
 
 from simulator import Phantom, Site, simulate
 from simulator.bloch import BlochEngine
-from simulator.events import Free, Pulse, Readout, compile_block
+from simulator.events import Free, Pulse, compile_block
 from simulator.scanner import spin_fields
 from simulator.spins import build_spins
 
@@ -133,7 +133,9 @@ def test_spoiled_gre_steady_state_matches_ernst(flip_deg):
     measured = np.abs(sig[-20:]).mean()
     assert abs(measured - ernst) < 0.03 * ernst, (measured, ernst)
     # the first echo is the full sin(flip) of the equilibrium magnetisation
-    assert abs(abs(sig[0]) - m0_total(ph, site) * math.sin(a) * math.exp(-te / t2)) < 0.01 * m0_total(ph, site)
+    assert abs(abs(sig[0]) - m0_total(ph, site) * math.sin(a) * math.exp(-te / t2)) < 0.01 * m0_total(
+        ph, site
+    )
 
 
 def test_bssfp_on_resonance_steady_state():
@@ -201,8 +203,8 @@ def test_sinc_slice_profile_matches_small_tip_fourier_transform():
         voxel_size_m=(4 * thickness / nz, 0.001, 0.001), brain_mask=torch.ones(shape, dtype=torch.bool),
     )  # fmt: skip
     site = ideal_site()
-    spins = build_spins(ph, site, 1)
-    engine = BlochEngine(spin_fields(spins, site, spins.pos, torch.device("cpu")))
+    spins = build_spins(ph, site, 1, spins_per_isochromat=1)
+    engine = BlochEngine(spin_fields(spins, site))
     for i in seq.block_events:
         info = compile_block(seq.get_block(i), int(i), {}, 1e-6, (0.0, 0.0, 0.0), site.larmor_hz)
         for ev in info.events:
@@ -211,13 +213,15 @@ def test_sinc_slice_profile_matches_small_tip_fourier_transform():
             elif isinstance(ev, Pulse):
                 engine.rf(ev)
     engine.flush()
-    z = spins.pos[:, 2].double().numpy()
+    z = spins.voxel_pos[:, 2].numpy()
     measured = engine.mxy.abs().double().numpy()
     # small-tip approximation: Mxy(z) = 2 pi | integral b1(t) exp(i 2 pi G z (t - t_c)) dt |
     t = np.asarray(rf.t)
     dt = t[1] - t[0]
     f = gz.amplitude * z
-    ft = np.abs((np.asarray(rf.signal)[None, :] * np.exp(2j * np.pi * f[:, None] * (t[None, :] - 1.5e-3))).sum(1))
+    ft = np.abs(
+        (np.asarray(rf.signal)[None, :] * np.exp(2j * np.pi * f[:, None] * (t[None, :] - 1.5e-3))).sum(1)
+    )
     expected = 2 * np.pi * ft * dt
     assert np.abs(measured - expected).max() < 0.01 * expected.max()
     # full width at half maximum is the slice thickness

@@ -8,10 +8,17 @@ and go straight onto the MRD connection, so the server reconstructs while the
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +39,90 @@ class ScanRequest:
     device: str = "cpu"
     isochromats_per_voxel: int = 4
     seed: int = 0
+    feedback: bool = False  # apply the server's motion feedback prospectively
+
+
+class ScannerFeedback:
+    """The virtual scanner's end of the feedback channel.
+
+    :meth:`on_item` runs in the MRD client's receiver thread for every item the server
+    sends; :meth:`poll` is the simulator's ``feedback`` callable (once per block, in the
+    scanning thread); :meth:`tag` wraps the acquisition stream, recording in each readout
+    the pose it was acquired under and when it left for the server.
+
+    Attributes:
+        apply: hand decoded poses to the scanner (feedback on) or only count them (off).
+        received: every decoded :class:`gadgets.feedback.MotionFeedback`, in arrival order.
+        arrival_s: ``time.perf_counter()`` at each arrival (same order).
+        sent_s: scan_counter -> ``perf_counter()`` just after that readout was handed to the socket.
+        errors: texts that claimed to be feedback but failed validation.
+    """
+
+    def __init__(self, apply: bool) -> None:
+        self.apply = apply
+        self.received: list[Any] = []
+        self.arrival_s: list[float] = []
+        self.sent_s: dict[int, float] = {}
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._latest: Any = None  # newest MotionFeedback not yet applied
+        self._applied: Any = None  # the MotionFeedback the scanner is running with
+
+    def on_item(self, item: Any) -> None:
+        """Decode feedback texts; anything else (images, logs) is not the scanner's business."""
+        from gadgets.feedback import FeedbackError, decode, is_feedback
+
+        if not is_feedback(item):
+            return
+        t = time.perf_counter()
+        try:
+            fb = decode(item)
+        except FeedbackError as exc:
+            self.errors.append(str(exc))
+            log.warning("ignored a malformed feedback message: %s", exc)
+            return
+        with self._lock:
+            self.received.append(fb)
+            self.arrival_s.append(t)
+            if self.apply and (self._latest is None or fb.seq > self._latest.seq):
+                self._latest = fb
+
+    def poll(self):
+        """The pose for the next block (``simulator.motion.RigidTransform``), or None before any feedback."""
+        from simulator.motion import RigidTransform
+
+        with self._lock:
+            self._applied = self._latest
+        if self._applied is None:
+            return None
+        return RigidTransform(self._applied.translation_mm, self._applied.rotation_deg)
+
+    def tag(self, acquisitions: Iterable[Any]) -> Iterator[Any]:
+        """Pass ``acquisitions`` on, each tagged with the pose it was acquired under."""
+        from gadgets.feedback import tag_applied_pose
+
+        for acq in acquisitions:
+            fb = self._applied  # set by poll() at the start of the block this readout belongs to
+            if fb is None:
+                tag_applied_pose(acq, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 0)
+            else:
+                tag_applied_pose(acq, fb.translation_mm, fb.rotation_deg, fb.seq + 1)
+            yield acq
+            # back here once the client has serialized (and flushed) it
+            self.sent_s[int(acq.scan_counter)] = time.perf_counter()
+
+    def round_trip_ms(self) -> np.ndarray:
+        """Per feedback: readout handed to the socket -> feedback decoded at the client (ms).
+
+        An upper bound of the server-side latency (navigator arriving -> feedback leaving):
+        it adds the loopback transfer both ways and the client's decode.
+        """
+        out = [
+            (t - self.sent_s[fb.scan_counter]) * 1e3
+            for fb, t in zip(self.received, self.arrival_s, strict=True)
+            if fb.scan_counter in self.sent_s
+        ]
+        return np.asarray(out, dtype=np.float64)
 
 
 def parse_server(address: str) -> tuple[str, int]:
@@ -87,6 +178,7 @@ def run_scan(request: ScanRequest, print_fn: Callable[[str], None] = print) -> d
     )
 
     stats: dict = {}
+    fb_channel = ScannerFeedback(apply=request.feedback)
     acquisitions = simulator.simulate(
         built.seq,
         phantom,
@@ -96,6 +188,7 @@ def run_scan(request: ScanRequest, print_fn: Callable[[str], None] = print) -> d
         isochromats_per_voxel=request.isochromats_per_voxel,
         seed=request.seed,
         motion=motion,
+        feedback=fb_channel.poll if request.feedback else None,
         realtime=request.realtime,
         stats=stats,
     )
@@ -108,7 +201,15 @@ def run_scan(request: ScanRequest, print_fn: Callable[[str], None] = print) -> d
         host, port = "127.0.0.1", server.port
     t0 = time.perf_counter()
     try:
-        received = gadgets.send_stream(header, acquisitions, host=host, port=port, chain=request.chain)
+        received = gadgets.send_stream(
+            header,
+            fb_channel.tag(acquisitions),
+            host=host,
+            port=port,
+            chain=request.chain,
+            on_item=fb_channel.on_item,
+            flush_each=True,  # each readout reaches the server now: the feedback loop is live
+        )
     finally:
         if server is not None:
             server.stop()
@@ -131,7 +232,23 @@ def run_scan(request: ScanRequest, print_fn: Callable[[str], None] = print) -> d
         "sequence_duration_s": duration_s,
         "wall_s": wall,
         "simulation": {k: v for k, v in stats.items() if isinstance(v, int | float | str)},
+        "feedback": _feedback_report(fb_channel),
     }
     (out / "scan.json").write_text(json.dumps(report, indent=2))
     print_fn(f"{len(images)} images in {wall:.1f} s -> {image_file}")
     return report
+
+
+def _feedback_report(channel: ScannerFeedback) -> dict:
+    """What the feedback channel saw: counts, last pose, client-side round trip (ms)."""
+    rt = channel.round_trip_ms()
+    last = channel.received[-1] if channel.received else None
+    return {
+        "applied": channel.apply,
+        "messages": len(channel.received),
+        "malformed": len(channel.errors),
+        "last_translation_mm": list(last.translation_mm) if last else None,
+        "last_rotation_deg": list(last.rotation_deg) if last else None,
+        "round_trip_ms_median": float(np.median(rt)) if rt.size else None,
+        "round_trip_ms_p95": float(np.percentile(rt, 95)) if rt.size else None,
+    }

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "stream": "gadgets.benchmark",
     "harmonize": "harmonize.benchmark",
     "motion": "unisono.motion_bench",
+    "soak": "gadgets.soak",
 }
 
 

@@ -21,7 +21,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phantom", default="brain", help="brain, shepp-logan or FILE.h5")
     p.add_argument("--motion", help="motion: still, drift, step, jerk or a motion file")
     p.add_argument("--server", metavar="HOST:PORT", help="stream to this server instead of an in-process one")
-    p.add_argument("--chain", default="cartesian", help="chain the server runs (default cartesian)")
+    p.add_argument(
+        "--chain",
+        default=None,
+        help="chain the server runs (default cartesian, or cartesian-motion with --feedback on)",
+    )
+    p.add_argument(
+        "--feedback",
+        choices=("on", "off"),
+        default="off",
+        help="on: apply the server's motion feedback to the following blocks (prospective "
+        "correction); off: ignore it (default). See docs/feedback.md",
+    )
     p.add_argument("--realtime", action="store_true", help="stream at acquisition pace")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="protocol override")
     p.add_argument("--isochromats", type=int, default=4, help="isochromats per voxel")
@@ -45,7 +56,8 @@ def _run(args: argparse.Namespace) -> int:
         phantom=args.phantom,
         motion=args.motion,
         server=args.server,
-        chain=args.chain,
+        chain=args.chain or ("cartesian-motion" if args.feedback == "on" else "cartesian"),
+        feedback=args.feedback == "on",
         realtime=args.realtime,
         device=str(resolve_device(args.device)),
         isochromats_per_voxel=args.isochromats,

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     )
     sub = p.add_subparsers(dest="action", metavar="ACTION")
 
-    ls = sub.add_parser("list", help="protocols and hardware profiles")
+    ls = sub.add_parser("list", help="protocols and hardware profiles, or one protocol's parameters")
+    ls.add_argument("protocol", nargs="?", help="show this protocol's parameters (unit, default, range)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
     b = sub.add_parser("build", help="build a protocol into FILE.seq (+ FILE.mrd.xml)")
@@ -77,6 +78,30 @@ def _list(args) -> int:
     import sequences
     from sequences.protocol import load_protocol
 
+    if args.protocol:
+        proto = load_protocol(args.protocol)
+        rows = [
+            {
+                "name": s.name,
+                "default": s.default,
+                "unit": s.unit,
+                "allowed": s.allowed(),
+                "description": s.description,
+            }
+            for s in proto.params.values()
+        ]
+        if args.json:
+            print(
+                json.dumps(
+                    {"protocol": proto.name, "description": proto.description, "params": rows}, indent=2
+                )
+            )
+            return 0
+        print(f"{proto.name}: {proto.description}")
+        for r in rows:
+            unit = "" if r["unit"] in (None, "1") else f" {r['unit']}"
+            print(f"  {r['name']:24s} {str(r['default']) + unit:18s} {r['allowed']:34s} {r['description']}")
+        return 0
     protocols = {name: load_protocol(name).description for name in sequences.list_protocols()}
     systems = {name: sequences.load_system(name).description for name in sequences.list_systems()}
     if args.json:

@@ -22,13 +22,17 @@ def register(subparsers) -> None:
         default="brain",
         help="brain | shepp-logan | FILE.h5 (HDF5 phantom format, docs/simulator.md); default brain",
     )
-    p.add_argument("--site", default="siteA", help="shipped site name (siteA, siteB, siteC) or a site TOML path")
+    p.add_argument(
+        "--site", default="siteA", help="shipped site name (siteA, siteB, siteC) or a site TOML path"
+    )
     p.add_argument("--subject", type=int, default=0, help="brain phantom subject number (0 = template)")
     p.add_argument("--motion", default=None, help="motion file (t tx ty tz rx ry rz) or drift|step|jerk")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--isochromats", type=int, default=4, help="isochromats per phantom voxel (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of isochromat placement and noise")
-    p.add_argument("--matrix", type=int, default=None, help="phantom in-plane matrix (default: header recon matrix)")
+    p.add_argument(
+        "--matrix", type=int, default=None, help="phantom in-plane matrix (default: header recon matrix)"
+    )
     p.add_argument("--fov", type=float, default=None, help="phantom in-plane FOV in mm (default: header FOV)")
     p.add_argument("--slices", type=int, default=None, help="phantom slices (default: from the header)")
     p.add_argument("--slice-thickness", type=float, default=None, help="phantom slice spacing in mm")
@@ -94,8 +98,17 @@ def _handle(args: argparse.Namespace) -> int:
     motion = parse_motion(args.motion, duration) if args.motion else None
     stats: dict = {}
     t0 = time.perf_counter()
-    acqs = simulate(seq, phantom, site, header=header, device=args.device, isochromats_per_voxel=args.isochromats,
-                    seed=args.seed, motion=motion, stats=stats)  # fmt: skip
+    acqs = simulate(
+        seq,
+        phantom,
+        site,
+        header=header,
+        device=args.device,
+        isochromats_per_voxel=args.isochromats,
+        seed=args.seed,
+        motion=motion,
+        stats=stats,
+    )
     n = write_raw(args.output, header, acqs)
     log.info(
         "%d acquisitions -> %s (%s, %s, %d spins, %.2f s, %.3g spin-steps/s)",

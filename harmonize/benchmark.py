@@ -1,0 +1,133 @@
+"""Latency of each harmonization method per 256×256 slice on CPU (`unisono bench` and docs/harmonization.md).
+
+The issue's budget: ≤ 100 ms per slice for the classic methods, ≤ 1 s for the
+learned model. Timings include what the gadget does per image: the automatic
+mask and the method; the learned model is timed with its weights already loaded
+(the gadget loads them once per profile). Threads are pinned (default 1) because
+the shared 2-core CI machines give erratic numbers otherwise.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harmonize.cdf import fit_cdf_reference
+from harmonize.learned import save_weights
+from harmonize.mask import auto_mask
+from harmonize.nyul import fit_nyul
+from harmonize.profile import HarmonizationProfile, apply_profile, file_sha256, list_profiles, load_profile
+from harmonize.synthetic import synthetic_scan, synthetic_subject
+from harmonize.unet import UNet2D, UNetConfig
+
+BUDGET_S = {"zscore": 0.1, "whitestripe": 0.1, "nyul": 0.1, "cdf": 0.1, "unet": 1.0}
+
+
+def _time(fn, repeats: int) -> list[float]:
+    fn()  # warm-up: first calls pay imports, allocator and cache misses
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _unet_profile(folder: Path) -> HarmonizationProfile:
+    """The shipped learned profile if there is one, else an untrained default-architecture U-Net
+    (latency depends on the architecture only)."""
+    for name in list_profiles():
+        prof = load_profile(name)
+        if prof.method == "unet":
+            return prof
+    weights = save_weights(UNet2D(UNetConfig()), folder / "bench-unet.pt")
+    return HarmonizationProfile(
+        "bench-unet",
+        "unet",
+        {},
+        weights_file=weights.name,
+        weights_sha256=file_sha256(weights),
+        source_dir=folder,
+    )
+
+
+def run_benchmark(
+    size: int = 256,
+    repeats: int = 7,
+    threads: int = 1,
+    methods: tuple[str, ...] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Median latency per (size × size) slice of each method (s), with the automatic mask.
+
+    device: accepted for `unisono bench` ("auto", "cpu", "cuda"); harmonization runs on
+    the CPU (the issue's latency budget is a CPU budget), so every value times the CPU.
+
+    Returns {"size", "threads", "repeats", "platform", "mask_s", "methods": {name: {"median_s",
+    "min_s", "budget_s", "within_budget", "profile_sha256"}}}.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if size < 32:
+        raise ValueError(f"size must be >= 32, got {size}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    wanted = tuple(BUDGET_S) if methods is None else tuple(methods)
+    unknown = set(wanted) - set(BUDGET_S)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(BUDGET_S)}")
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        shape = (1, size, size)
+        train = [synthetic_scan(synthetic_subject(i, shape), "A") for i in range(3)]
+        image = synthetic_scan(synthetic_subject(11, shape), "B")
+        mask_times = _time(lambda: auto_mask(image), repeats)
+        with tempfile.TemporaryDirectory() as tmp:
+            profiles = {
+                "zscore": HarmonizationProfile("bench-zscore", "zscore"),
+                "whitestripe": HarmonizationProfile(
+                    "bench-ws", "whitestripe", {"tau": 0.05, "contrast": "T1"}
+                ),
+                "nyul": HarmonizationProfile("bench-nyul", "nyul", fit_nyul(train).to_dict()),
+                "cdf": HarmonizationProfile("bench-cdf", "cdf", fit_cdf_reference(train).to_dict()),
+            }
+            if "unet" in wanted:
+                profiles["unet"] = _unet_profile(Path(tmp))
+            results = {}
+            for name in wanted:
+                prof = profiles[name]
+                ts = _time(lambda prof=prof: apply_profile(prof, image), repeats)
+                med = statistics.median(ts)
+                results[name] = {
+                    "median_s": med,
+                    "min_s": min(ts),
+                    "budget_s": BUDGET_S[name],
+                    "within_budget": med <= BUDGET_S[name],
+                    "profile": prof.name,
+                    "profile_sha256": prof.sha256,
+                }
+    finally:
+        torch.set_num_threads(prev)
+    return {
+        "size": size,
+        "threads": threads,
+        "repeats": repeats,
+        "platform": f"{platform.machine()} {platform.processor() or platform.system()}",
+        "torch": torch.__version__,
+        "device": "cpu",
+        "mask_s": statistics.median(mask_times),
+        "methods": results,
+    }
+
+
+if __name__ == "__main__":  # python -m harmonize.benchmark
+    import json
+
+    print(json.dumps(run_benchmark(), indent=2))

@@ -1,0 +1,131 @@
+"""Fit a harmonization profile from a traveling-subject study (what `unisono harmonize fit` runs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from harmonize.cdf import fit_cdf_reference
+from harmonize.learned import TrainingConfig, save_weights, train_unet
+from harmonize.nyul import fit_nyul
+from harmonize.profile import METHODS, HarmonizationProfile, file_sha256, save_profile
+from harmonize.study import Study
+
+
+def _provenance(study: Study, scans: Sequence, extra: dict | None = None) -> dict:
+    ids = sorted({(s.subject, s.site, s.repeat) for s in scans})
+    return {
+        "study_source": study.source,
+        "train_subjects": sorted({s.subject for s in scans}),
+        "train_sites": sorted({s.site for s in scans}),
+        "n_images": len(ids),
+        # hash of which scans were used, so two profiles can be told to share training data
+        "train_scans_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
+        "fitted_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
+    }
+
+
+def fit_profile(
+    method: str,
+    study: Study,
+    out_path: str | Path,
+    *,
+    target_site: str | None = None,
+    train_subjects: Sequence[int] | None = None,
+    train_sites: Sequence[str] | None = None,
+    name: str | None = None,
+    training: TrainingConfig | None = None,
+) -> HarmonizationProfile:
+    """Fit ``method`` on ``study`` and write the profile (and weights) to ``out_path``.
+
+    target_site: the reference site (nyul, cdf, unet; default: the study's first site).
+    train_subjects: subjects used for fitting (default all); train_sites: sites whose scans
+    the learned model sees as sources (default all). Per-image methods (zscore,
+    whitestripe) need no data and get default parameters.
+    Returns the saved profile.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    out = Path(out_path)
+    if out.suffix != ".json":
+        out = out.with_name(out.name + ".json")
+    name = name or out.stem
+    target = target_site or study.sites[0]
+    if target not in study.sites:
+        raise ValueError(f"target_site {target!r} is not in the study (sites: {study.sites})")
+    subjects = list(study.subjects if train_subjects is None else train_subjects)
+    missing = set(subjects) - set(study.subjects)
+    if missing:
+        raise ValueError(
+            f"train_subjects {sorted(missing)} are not in the study (subjects: {study.subjects})"
+        )
+
+    if method in ("zscore", "whitestripe"):
+        params = {} if method == "zscore" else {"tau": 0.05, "contrast": "T1"}
+        prof = HarmonizationProfile(name, method, params, provenance={"trained": False})
+        save_profile(prof, out)
+        return prof
+
+    ref = study.select(subjects, [target])
+    if not ref:
+        raise ValueError(f"no scans of the training subjects at target site {target!r}")
+    if method == "nyul":
+        params = fit_nyul([s.image for s in ref], [s.mask for s in ref]).to_dict()
+        prof = HarmonizationProfile(name, method, params, target, _provenance(study, ref))
+        save_profile(prof, out)
+        return prof
+    if method == "cdf":
+        params = fit_cdf_reference([s.image for s in ref], [s.mask for s in ref]).to_dict()
+        prof = HarmonizationProfile(name, method, params, target, _provenance(study, ref))
+        save_profile(prof, out)
+        return prof
+
+    # unet: pairs (subject at any training site, same subject at the target site, repeat 0);
+    # a scan is never paired with itself, which would teach the network to keep its noise
+    cfg = training or TrainingConfig()
+    sites = list(study.sites if train_sites is None else train_sites)
+    sources, targets = [], []
+    for s in subjects:
+        tgt = study.get(s, target, 0)
+        for src in study.select([s], sites, repeat=None):
+            if src.key != tgt.key:
+                sources.append(src)
+                targets.append(tgt)
+    if not sources:
+        raise ValueError("no training pairs: need scans of the training subjects at other sites or rescans")
+    model, history = train_unet(
+        [s.image for s in sources],
+        [t.image for t in targets],
+        [s.mask for s in sources],
+        [t.mask for t in targets],
+        cfg,
+    )
+    weights = save_weights(model, out.with_suffix(".pt"))
+    cfg_dict = asdict(cfg)
+    prof = HarmonizationProfile(
+        name,
+        "unet",
+        {"unet": cfg_dict.pop("unet"), "intensity_unit": "in-mask 99th percentile"},
+        target,
+        _provenance(
+            study,
+            sources + targets,
+            {
+                "training": cfg_dict,
+                "final_loss": history["final_loss"],
+                "train_seconds": history["train_seconds"],
+                "n_pairs": len(sources),
+                "n_parameters": history["n_parameters"],
+            },
+        ),
+        weights_file=weights.name,
+        weights_sha256=file_sha256(weights),
+        description=f"2-D U-Net trained on {len(sources)} traveling-subject pairs to look like {target}",
+    )
+    save_profile(prof, out)
+    return prof

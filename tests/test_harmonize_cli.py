@@ -1,0 +1,123 @@
+"""`unisono harmonize study|fit|apply|evaluate` end to end, and the gadget's output equals `apply`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from harmonize import apply_profile, load_profile
+from unisono.cli import main
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    rc = main(["harmonize", "study", "--synthetic", "--subjects", "6", "--sites", "A,B,C", "--matrix", "48",
+               "-o", str(out)])  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def test_study_fit_apply_npy(study_dir, tmp_path):
+    prof_path = tmp_path / "ny.json"
+    assert main(["harmonize", "fit", "--method", "nyul", "--train", str(study_dir), "--target-site", "A",
+                 "--train-subjects", "0-2", "-o", str(prof_path)]) == 0  # fmt: skip
+    prof = load_profile(prof_path)
+    assert prof.method == "nyul" and prof.target_site == "A"
+    assert prof.provenance["train_subjects"] == [0, 1, 2]
+    img = np.load(study_dir / "sub-004_site-B_rep-0.npz")["image"]
+    np.save(tmp_path / "in.npy", img)
+    assert (
+        main(["harmonize", "apply", str(prof_path), str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy")])
+        == 0
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), apply_profile(prof, img))
+
+
+def test_apply_nifti_keeps_geometry(tmp_path):
+    import nibabel as nib
+
+    from harmonize.synthetic import synthetic_scan, synthetic_subject
+
+    zyx = synthetic_scan(synthetic_subject(2, (3, 48, 48)), "C")
+    affine = np.diag([0.9, 0.9, 5.0, 1.0])
+    affine[:3, 3] = [-20, 10, 3]
+    nib.save(nib.Nifti1Image(zyx.T, affine), tmp_path / "in.nii.gz")
+    assert (
+        main(["harmonize", "apply", "zscore", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "o.nii.gz")])
+        == 0
+    )
+    out = nib.load(tmp_path / "o.nii.gz")
+    np.testing.assert_allclose(out.affine, affine)
+    np.testing.assert_allclose(
+        np.asarray(out.get_fdata()).T, apply_profile(load_profile("zscore"), zyx), atol=1e-6
+    )
+
+
+def test_apply_mrd_records_profile_and_keeps_header(tmp_path):
+    import ismrmrd
+
+    from gadgets.mrdfile import read_images, write_images
+    from harmonize.synthetic import synthetic_scan, synthetic_subject
+
+    img = synthetic_scan(synthetic_subject(1, (1, 48, 48)), "B")
+    im = ismrmrd.Image.from_array(img[None], transpose=False)
+    im.field_of_view = (220.0, 220.0, 5.0)
+    im.position = (1.0, 2.0, 3.0)
+    im.image_series_index = 4
+    write_images(tmp_path / "in.h5", None, [im])
+    assert main(["harmonize", "apply", "default", str(tmp_path / "in.h5"), "-o", str(tmp_path / "o.h5")]) == 0
+    (out,) = read_images(tmp_path / "o.h5")
+    prof = load_profile("default")
+    np.testing.assert_allclose(np.asarray(out.data)[0], apply_profile(prof, img), atol=1e-6)
+    assert tuple(out.position) == pytest.approx((1.0, 2.0, 3.0))
+    assert tuple(out.field_of_view) == pytest.approx((220.0, 220.0, 5.0))
+    meta = ismrmrd.Meta.deserialize(out.attribute_string)
+    assert meta["unisono.harmonization"] == "default"
+    assert meta["unisono.harmonization_sha256"] == prof.sha256
+
+
+def test_evaluate_json_scores_every_method(study_dir, capsys):
+    capsys.readouterr()
+    assert main(["harmonize", "evaluate", str(study_dir), "--methods", "raw,zscore,nyul,cdf", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["test_subjects"] == [3, 4, 5] and res["heldout_sites"] == ["C"]
+    assert set(res["methods"]) == {"raw", "zscore", "nyul", "cdf"}
+    for name in ("zscore", "nyul", "cdf"):
+        assert res["methods"][name]["w1"] < res["methods"]["raw"]["w1"]
+        assert res["methods"][name]["ssim"] > res["methods"]["raw"]["ssim"]
+
+
+def test_cli_errors_are_one_sentence(study_dir, capsys):
+    assert (
+        main(["harmonize", "fit", "--method", "magic", "--train", str(study_dir), "-o", "/tmp/x.json"]) == 2
+    )
+    assert "method must be one of" in capsys.readouterr().err
+    assert main(["harmonize", "apply", "default", "/nonexistent.h5", "-o", "/tmp/o.h5"]) == 2
+    assert main(["harmonize", "evaluate", str(study_dir), "--methods", "raw,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_gadget_output_on_a_stream_equals_apply():
+    """The harmonize gadget in the real chain gives what `apply_profile` gives on the unharmonized image."""
+    import torch
+
+    from gadgets import load_chain, run_chain
+    from sequences import build_protocol
+    from simulator import brain_phantom, load_site, simulate, with_site
+
+    torch.set_num_threads(1)
+    built = build_protocol("gre2d", overrides={"matrix": 32, "flip_angle": 30.0})
+    site = load_site("siteB")
+    ph = brain_phantom(field_T=site.field_T, fov_m=0.22, matrix=32, subject=2)
+    hdr = with_site(built.header, site)
+    acqs = list(simulate(built.seq, ph, site, header=hdr, isochromats_per_voxel=1, seed=0))
+    plain = run_chain(load_chain("cartesian", overrides={"harmonize": {"enabled": False}}), hdr, acqs)
+    harm = run_chain(load_chain("cartesian", overrides={"harmonize": {"profile": "default"}}), hdr, acqs)
+    prof = load_profile("default")
+    assert len(plain) == len(harm) == 1
+    expected = apply_profile(prof, np.abs(np.asarray(plain[0].data))[0])
+    np.testing.assert_allclose(np.asarray(harm[0].data)[0], expected, rtol=1e-5, atol=1e-5)
+    assert harm[0].meta["unisono.harmonization_sha256"] == prof.sha256

@@ -1,0 +1,95 @@
+"""Evaluation metrics against closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harmonize import metrics as M
+from harmonize.synthetic import CSF, GM, WM, synthetic_subject
+
+
+def test_ssim_of_an_image_with_itself_is_one():
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 40, 40))
+    m = np.ones(x.shape, bool)
+    assert M.ssim(x, x, m) == pytest.approx(1.0)
+    assert M.psnr(x, x, m) == float("inf")
+
+
+def test_ssim_of_constant_images_is_the_luminance_term():
+    # no variance anywhere: SSIM = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1), C1 = (K1 L)^2
+    x = np.full((1, 32, 32), 100.0)
+    y = np.full((1, 32, 32), 120.0)
+    m = np.ones(x.shape, bool)
+    L = 50.0
+    c1 = (0.01 * L) ** 2
+    expected = (2 * 100 * 120 + c1) / (100**2 + 120**2 + c1)
+    assert M.ssim(x, y, m, data_range=L) == pytest.approx(expected, rel=1e-9)
+
+
+def test_ssim_falls_as_noise_grows():
+    rng = np.random.default_rng(1)
+    x = synthetic_subject(0, (1, 64, 64)).signal
+    m = x > 0
+    vals = [M.ssim(x, x + s * rng.standard_normal(x.shape), m, data_range=1.0) for s in (0.01, 0.05, 0.2)]
+    assert vals[0] > vals[1] > vals[2]
+
+
+def test_psnr_of_a_constant_offset():
+    x = np.random.default_rng(2).random((1, 16, 16))
+    m = np.ones(x.shape, bool)
+    assert M.psnr(x, x + 0.1, m, data_range=1.0) == pytest.approx(20.0)
+
+
+def test_wasserstein1_of_a_shift_is_the_shift():
+    v = np.random.default_rng(3).normal(0, 1, 5000)
+    assert M.wasserstein1(v, v + 2.5) == pytest.approx(2.5)
+    assert M.wasserstein1([0.0, 0.0], [1.0, 3.0]) == pytest.approx(2.0)
+
+
+def test_tissue_mean_spread_closed_form():
+    lab = synthetic_subject(0, (1, 48, 48)).labels
+    means_a = {CSF: 0.0, GM: 5.0, WM: 10.0}
+    means_b = {CSF: 2.0, GM: 5.0, WM: 10.0}
+    a = np.vectorize(lambda v: means_a.get(v, 0.0))(lab)
+    b = np.vectorize(lambda v: means_b.get(v, 0.0))(lab)
+    # sd across 2 sites: CSF 1, GM 0, WM 0 -> mean 1/3; contrast mean(10, 8) = 9
+    got = M.tissue_mean_spread([a, b], [lab, lab], [CSF, GM, WM], WM, CSF)
+    assert got == pytest.approx((1 / 3) / 9)
+
+
+def test_site_classifier_accuracy_separable_and_chance():
+    rng = np.random.default_rng(4)
+    subjects = np.repeat(np.arange(20), 3)
+    sites = np.tile(["A", "B", "C"], 20)
+    offsets = {"A": 0.0, "B": 10.0, "C": 20.0}
+    sep = np.array([[offsets[s] + rng.normal()] for s in sites])
+    assert M.site_classifier_accuracy(sep, sites, subjects) == 1.0
+    noise = rng.normal(size=(60, 5))
+    assert M.site_classifier_accuracy(noise, sites, subjects) < 0.6
+
+
+def test_structure_similarity_ignores_gain_and_offset_but_not_noise():
+    rng = np.random.default_rng(5)
+    x = synthetic_subject(1, (1, 64, 64)).signal
+    m = x > 0
+    assert M.structure_similarity(x, 7.0 * x + 3.0, m) == pytest.approx(1.0, abs=1e-6)
+    assert M.structure_similarity(x, rng.random(x.shape), m) < 0.2
+
+
+def test_csf_fraction_of_a_clean_label_image_is_the_true_fraction():
+    subj = [synthetic_subject(i, (1, 64, 64)) for i in range(4)]
+    imgs = [np.where(s.labels == CSF, 100.0, np.where(s.labels == GM, 300.0, 500.0)) for s in subj]
+    masks = [s.brain_mask for s in subj]
+    frac, _ = M.csf_fractions(imgs, masks)
+    truth = [((s.labels == CSF).sum() / s.brain_mask.sum()) for s in subj]
+    np.testing.assert_allclose(frac, truth)
+    assert M.atrophy_correlation(imgs, masks, [s.atrophy for s in subj]) > 0.9
+
+
+def test_metrics_reject_mismatched_inputs():
+    with pytest.raises(ValueError, match="same shape"):
+        M.ssim(np.ones((1, 4, 4)), np.ones((1, 4, 5)), np.ones((1, 4, 4), bool))
+    with pytest.raises(ValueError, match="non-empty"):
+        M.wasserstein1([], [1.0])

@@ -1,0 +1,134 @@
+"""Graceful shutdown of a real `unisono serve` process on SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from ismrmrd.serialization import ConfigFile
+
+from gadgets import read_raw
+from gadgets.faults import ClientPlan, encode, run_plan, scan_data
+
+
+def start_serve(raw_dir: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "unisono",
+        "serve",
+        "--port",
+        "0",
+        "--raw-dir",
+        str(raw_dir),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        [*cmd, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if m:
+            return proc, int(m.group(1))
+        if not line:
+            break
+    proc.kill()
+    pytest.fail(f"unisono serve did not start: {proc.stderr.read()[-2000:]}")
+
+
+def held_scan(
+    port: int, mid: str, n_first: int, then: list[tuple] | None = None
+) -> tuple[threading.Thread, dict]:
+    """A client that sends config, header and ``n_first`` readouts, then ``then`` steps (default: waits)."""
+    header, acqs = scan_data(measurement_id=mid)
+    steps = [("send", encode(ConfigFile("cartesian"), header, *acqs[:n_first]))]
+    steps += then if then is not None else [("sleep", 60)]
+    plan = ClientPlan(mid, tuple(steps), None, None, mid)
+    box: dict = {}
+    t = threading.Thread(
+        target=lambda: box.setdefault("result", run_plan(port, plan, timeout_s=60)), daemon=True
+    )
+    t.start()
+    return t, box
+
+
+def raw_counts(raw_dir: Path) -> dict[str, int]:
+    out = {}
+    for path in raw_dir.glob("*.h5"):
+        header, acqs = read_raw(path)
+        out[header.measurementInformation.measurementID] = len(acqs)
+    return out
+
+
+def wait_connected(port: int) -> None:
+    time.sleep(0.5)  # the held client has sent its first readouts (the server records as they arrive)
+
+
+def test_sigterm_stops_accepting_ends_in_flight_cleanly_and_flushes_raw(tmp_path: Path) -> None:
+    proc, port = start_serve(tmp_path / "raw", "--shutdown-grace", "1.5")
+    try:
+        t, box = held_scan(port, "held", n_first=7)
+        wait_connected(port)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # no longer accepting
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        t.join(30)
+        result = box["result"]
+        # the in-flight scan was ended after the grace, with a clear error and a close message
+        assert result.errors == ["the server is shutting down; the data received so far are saved"]
+        assert result.closed
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = proc.stdout.read()
+    assert "SIGTERM: stopping; 1 connection(s) in flight" in out
+    assert "stopped; 1 raw file(s) recorded" in out
+    assert "the server is shutting down" in proc.stderr.read()
+    assert raw_counts(tmp_path / "raw") == {"held": 7}
+    assert not list((tmp_path / "raw").glob("*.mrd"))  # every stream file became HDF5
+
+
+def test_sigint_lets_a_scan_finish_and_a_second_signal_ends_the_rest(tmp_path: Path) -> None:
+    proc, port = start_serve(tmp_path / "raw", "--shutdown-grace", "60")
+    header, acqs = scan_data(measurement_id="finishing")
+    try:
+        rest = [("sleep", 1.0), ("send", encode(*acqs[10:], close=True))]
+        finishing, fbox = held_scan(port, "finishing", n_first=10, then=rest)
+        held, hbox = held_scan(port, "held", n_first=5)
+        wait_connected(port)
+        proc.send_signal(signal.SIGINT)
+        finishing.join(30)
+        # the scan in flight during the grace completes normally: images, no error
+        assert not fbox["result"].errors and fbox["result"].closed
+        assert len(fbox["result"].images) == 2
+        assert held.is_alive() and proc.poll() is None  # the grace (60 s) is still running
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # second signal: end the rest now
+        held.join(30)
+        assert hbox["result"].errors == ["the server is shutting down; the data received so far are saved"]
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert raw_counts(tmp_path / "raw") == {"finishing": len(acqs), "held": 5}

@@ -1,0 +1,482 @@
+"""`unisono harmonize study|fit|apply|evaluate`: traveling-subject study, fitting, applying, evaluating.
+
+    unisono harmonize study --subjects 12 --sites siteA,siteB,siteC -o study/  # seq→sim→recon
+    unisono harmonize fit --method nyul --train study/ --target-site siteA -o nyul.json
+    unisono harmonize apply nyul.json images.h5 -o harmonized.h5                     # MRD, NIfTI or .npy
+    unisono harmonize evaluate study/ --methods raw,zscore,whitestripe,nyul,cdf,unet --json
+
+Heavy imports happen inside the handlers so `unisono --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("unisono.harmonize")
+
+#: sequence parameters the study uses on top of the protocol defaults: a T1-weighted
+#: spoiled GRE (30° at TR 20 ms puts WM > GM > CSF at 1.5 T and 3 T) with enough dummy
+#: TRs to reach the steady state (T1* ≈ 6 TRs at 30°) so k-space is not modulated
+STUDY_SEQUENCE_DEFAULTS = {"flip_angle": 30.0, "dummy_scans": 40}
+
+
+def _int_list(text: str) -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def _str_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "harmonize",
+        help="harmonization: traveling-subject study, fit/apply profiles, evaluate",
+        description="Harmonize images across sites (z-score, WhiteStripe, Nyúl, CDF alignment, U-Net).",
+    )
+    sub = p.add_subparsers(dest="harmonize_command", metavar="ACTION")
+    p.set_defaults(handler=lambda args: (p.print_help(), 0)[1])
+
+    s = sub.add_parser("study", help="scan subjects at several virtual sites through the real pipeline")
+    s.add_argument("--subjects", type=int, default=8, help="number of subjects (numbered 1..N; default 8)")
+    s.add_argument("--sites", default="siteA,siteB,siteC", help="comma-separated site names")
+    s.add_argument("-o", "--out", required=True, help="study folder to write")
+    s.add_argument("--matrix", type=int, default=64, help="in-plane matrix (default 64)")
+    s.add_argument("--protocol", default="gre2d", help="protocol name (default gre2d)")
+    s.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="protocol override")
+    s.add_argument("--rescan-site", help="also rescan --rescan-subjects here (same-site training pairs)")
+    s.add_argument("--rescan-subjects", default="", help="subjects to rescan, e.g. 1-6")
+    s.add_argument("--isochromats", type=int, default=4, help="isochromats per voxel (default 4)")
+    s.add_argument("--device", default="cpu", help="simulation/recon device: auto|cpu|cuda")
+    s.add_argument(
+        "--synthetic", action="store_true", help="use harmonize.synthetic (closed-form sites A-D) instead"
+    )
+    s.set_defaults(handler=cmd_study)
+
+    f = sub.add_parser("fit", help="fit a harmonization profile on a study")
+    f.add_argument("--method", required=True, help="zscore | whitestripe | nyul | cdf | unet")
+    f.add_argument("--train", required=True, help="study folder")
+    f.add_argument(
+        "-o", "--out", required=True, help="profile file to write (.json; U-Net weights .pt beside)"
+    )
+    f.add_argument("--target-site", help="reference site (default: the study's first)")
+    f.add_argument("--train-subjects", help="subjects to fit on, e.g. 1-6 (default all)")
+    f.add_argument("--train-sites", help="sites the U-Net sees as sources (default all)")
+    f.add_argument("--name", help="profile name (default: file stem)")
+    f.add_argument("--iterations", type=int, default=None, help="U-Net training iterations")
+    f.set_defaults(handler=cmd_fit)
+
+    a = sub.add_parser("apply", help="apply a profile to MRD images (.h5), NIfTI (.nii/.nii.gz) or .npy")
+    a.add_argument("profile", help="profile name (shipped) or .json path")
+    a.add_argument("input", help="input images")
+    a.add_argument("-o", "--out", required=True, help="output file (same kind as the input)")
+    a.set_defaults(handler=cmd_apply)
+
+    e = sub.add_parser("evaluate", help="score raw and each method on held-out subjects and sites")
+    e.add_argument("study", help="study folder")
+    e.add_argument(
+        "--methods",
+        default="raw,zscore,whitestripe,nyul,cdf",
+        help="comma-separated: raw, a method name (fitted here on the training subjects), "
+        "or NAME=PROFILE for a fitted profile file/shipped name",
+    )
+    e.add_argument("--test-subjects", help="held-out subjects (default: the second half)")
+    e.add_argument("--heldout-sites", default=None, help="sites never used in fitting (default: the last)")
+    e.add_argument("--target-site", help="reference site (default: the study's first)")
+    e.add_argument("--iterations", type=int, default=None, help="U-Net training iterations when fitting here")
+    e.add_argument("--json", action="store_true", help="print the scores as JSON")
+    e.add_argument("--plots", metavar="DIR", help="write histogram and image-grid PNGs here")
+    e.set_defaults(handler=cmd_evaluate)
+
+
+# --- study ----------------------------------------------------------------------------------------
+
+
+def _orient(image, reference):
+    """Return the flip/transpose of ``reference`` (z, y, x) that best matches ``image``, and its name.
+
+    The recon's image orientation follows MRD/patient conventions; the phantom's
+    arrays follow the simulator's. Choosing the candidate with the highest
+    correlation makes the ground-truth labels line up without assuming either.
+    """
+    import numpy as np
+
+    cands = {
+        "identity": lambda a: a,
+        "flip_y": lambda a: a[:, ::-1, :],
+        "flip_x": lambda a: a[:, :, ::-1],
+        "flip_xy": lambda a: a[:, ::-1, ::-1],
+        "transpose": lambda a: a.transpose(0, 2, 1),
+        "transpose_flip_y": lambda a: a.transpose(0, 2, 1)[:, ::-1, :],
+        "transpose_flip_x": lambda a: a.transpose(0, 2, 1)[:, :, ::-1],
+        "transpose_flip_xy": lambda a: a.transpose(0, 2, 1)[:, ::-1, ::-1],
+    }
+    best = max(
+        cands,
+        key=lambda k: (
+            np.corrcoef(image.ravel(), cands[k](reference).ravel())[0, 1]
+            if cands[k](reference).shape == image.shape
+            else -2.0
+        ),
+    )
+    return cands[best], best
+
+
+def _simulated_scan(built, site_name: str, subject: int, atrophy: float, args, chain, seed: int):
+    import numpy as np
+    import torch
+
+    from gadgets import run_chain
+    from simulator import brain_phantom, load_site, simulate, with_site
+
+    site = load_site(site_name)
+    prm = built.params
+    ph = brain_phantom(
+        field_T=site.field_T,
+        fov_m=prm["fov"],
+        matrix=int(prm["matrix"]),
+        slice_thickness_m=prm["slice_thickness"],
+        n_slices=int(prm["n_slices"]),
+        subject=subject,
+        atrophy=atrophy,
+    )
+    hdr = with_site(built.header, site)
+    acqs = list(
+        simulate(
+            built.seq,
+            ph,
+            site,
+            header=hdr,
+            device=args.device,
+            isochromats_per_voxel=args.isochromats,
+            seed=seed,
+        )
+    )
+    imgs = run_chain(chain, hdr, acqs, device=args.device)
+    if not imgs:
+        raise ValueError(f"the recon chain produced no image for subject {subject} at {site_name}")
+    image = np.concatenate([np.abs(np.asarray(im.data))[0] for im in imgs], axis=0).astype(np.float32)
+    fr = {k: v.detach().cpu().numpy() for k, v in ph.tissue_maps.items()}
+    brain = ph.brain_mask.detach().cpu().numpy()
+    labels = (1 + np.argmax(np.stack([fr["csf"], fr["gm"], fr["wm"]]), axis=0)).astype(np.int8)
+    labels[~brain] = 0
+    torch_pd = (ph.pd * ph.brain_mask).detach().cpu().numpy()
+    orient, name = _orient(image, torch_pd)
+    del torch
+    return image, np.ascontiguousarray(orient(labels)), np.ascontiguousarray(orient(brain)), name
+
+
+def subject_atrophy(subject: int) -> float:
+    """The study's atrophy factor of ``subject`` (fraction of GM lost to CSF), drawn in 0..0.3.
+
+    Set explicitly (not the simulator's own draw) so the ground truth is known here.
+    """
+    import numpy as np
+
+    return float(np.random.default_rng(7_000 + subject).uniform(0.0, 0.3))
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from harmonize.study import Study, StudyScan, save_study, synthetic_study
+
+    sites = _str_list(args.sites)
+    if args.subjects < 2:
+        raise ValueError(f"--subjects must be >= 2, got {args.subjects}")
+    if len(sites) < 2:
+        raise ValueError(f"--sites needs >= 2 sites, got {sites}")
+    rescans = _int_list(args.rescan_subjects)
+    t0 = time.perf_counter()
+    if args.synthetic:
+        study = synthetic_study(
+            range(args.subjects), sites, (1, args.matrix, args.matrix), args.rescan_site, rescans
+        )
+    else:
+        from gadgets import load_chain
+        from sequences import build_protocol
+        from simulator import list_sites
+
+        known = list_sites()
+        for s in sites + ([args.rescan_site] if args.rescan_site else []):
+            if s not in known:
+                raise ValueError(f"unknown site {s!r}; known sites: {known}")
+        overrides = {**STUDY_SEQUENCE_DEFAULTS, "matrix": args.matrix, **_parse_set(args.set)}
+        built = build_protocol(args.protocol, overrides=overrides)
+        chain = load_chain("cartesian", overrides={"harmonize": {"enabled": False}})
+        scans, orientations = [], set()
+        subjects = list(range(1, args.subjects + 1))
+        for subj in subjects:
+            a = subject_atrophy(subj)
+            plan = [(s, 0) for s in sites]
+            if args.rescan_site and subj in rescans:
+                plan.append((args.rescan_site, 1))
+            for site, rep in plan:
+                t1 = time.perf_counter()
+                image, labels, brain, orient = _simulated_scan(
+                    built, site, subj, a, args, chain, seed=1000 * rep + subj
+                )
+                orientations.add(orient)
+                # evaluation and fitting use the phantom's brain mask ("inside the brain"); the
+                # gadget and `apply` use auto_mask at run time
+                scans.append(StudyScan(subj, site, rep, a, image, brain, labels))
+                log.info("subject %d site %s repeat %d: %.1f s", subj, site, rep, time.perf_counter() - t1)
+        study = Study(
+            scans,
+            "simulator",
+            {
+                "protocol": args.protocol,
+                "overrides": overrides,
+                "isochromats_per_voxel": args.isochromats,
+                "chain": "cartesian (harmonize disabled)",
+                "label_orientation": sorted(orientations),
+                "atrophy": "explicit per subject, uniform 0..0.3 (see subject_atrophy)",
+            },
+        )
+    path = save_study(study, args.out)
+    print(
+        f"wrote {len(study.scans)} scans ({len(study.subjects)} subjects x {len(study.sites)} sites) "
+        f"to {path} in {time.perf_counter() - t0:.0f} s"
+    )
+    return 0
+
+
+# --- fit / apply ----------------------------------------------------------------------------------
+
+
+def _training_config(iterations: int | None):
+    from harmonize.learned import TrainingConfig
+
+    return TrainingConfig() if iterations is None else TrainingConfig(iterations=iterations)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from harmonize.fit import fit_profile
+    from harmonize.study import load_study
+
+    study = load_study(args.train)
+    prof = fit_profile(
+        args.method,
+        study,
+        args.out,
+        target_site=args.target_site,
+        train_subjects=_int_list(args.train_subjects) if args.train_subjects else None,
+        train_sites=_str_list(args.train_sites) if args.train_sites else None,
+        name=args.name,
+        training=_training_config(args.iterations),
+    )
+    print(f"profile {prof.name} ({prof.method}) sha256 {prof.sha256} -> {Path(args.out)}")
+    return 0
+
+
+def _apply_mrd(prof, inp: Path, out: Path) -> int:
+    import ismrmrd
+    import numpy as np
+
+    from gadgets.mrdfile import read_header, read_images, write_images
+    from harmonize import apply_profile
+
+    images = read_images(inp)
+    if not images:
+        raise ValueError(f"{inp} holds no images")
+    try:
+        header = read_header(inp)
+    except Exception:  # an image-only file may carry no XML header
+        header = None
+    outs = []
+    for img in images:
+        data = np.asarray(img.data)  # (channel, z, y, x)
+        if data.shape[0] != 1:
+            raise ValueError(f"harmonize needs coil-combined images (1 channel), got {data.shape[0]}")
+        res = apply_profile(prof, np.abs(data[0]))[None]
+        new = ismrmrd.Image.from_array(res.astype(np.float32), transpose=False)
+        head = img.getHead()
+        head.data_type = new.data_type
+        new.setHead(head)
+        meta = ismrmrd.Meta.deserialize(img.attribute_string) if img.attribute_string else ismrmrd.Meta()
+        meta["unisono.harmonization"] = prof.name
+        meta["unisono.harmonization_sha256"] = prof.sha256
+        new.attribute_string = meta.serialize()
+        outs.append(new)
+    if out.exists():
+        out.unlink()
+    write_images(out, header, outs)
+    return len(outs)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from harmonize import apply_profile, load_profile
+
+    prof = load_profile(args.profile)
+    inp, out = Path(args.input), Path(args.out)
+    if not inp.is_file():
+        raise FileNotFoundError(f"input {inp} does not exist")
+    name = inp.name.lower()
+    if name.endswith((".h5", ".mrd")):
+        n = _apply_mrd(prof, inp, out)
+    elif name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        nii = nib.load(str(inp))
+        vol = np.asarray(nii.get_fdata(), dtype=np.float32)  # (x, y, z)
+        if vol.ndim not in (2, 3):
+            raise ValueError(f"NIfTI input must be 2-D or 3-D, got shape {vol.shape}")
+        zyx = vol.T if vol.ndim == 3 else vol.T[None]
+        res = apply_profile(prof, zyx)
+        res = res.T if vol.ndim == 3 else res[0].T
+        hdr = nii.header.copy()
+        hdr.set_data_dtype(np.float32)
+        hdr["descrip"] = f"unisono harmonization {prof.name} {prof.sha256[:16]}".encode()[:80]
+        nib.save(nib.Nifti1Image(res, nii.affine, hdr), str(out))
+        n = 1
+    elif name.endswith(".npy"):
+        np.save(out, apply_profile(prof, np.load(inp)))
+        n = 1
+    else:
+        raise ValueError(f"input must be MRD (.h5), NIfTI (.nii, .nii.gz) or .npy, got {inp.name}")
+    print(f"harmonized {n} image(s) with {prof.name} ({prof.sha256[:12]}) -> {out}")
+    return 0
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+
+def _plots(result: dict, study, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    methods = list(result["images"])
+    sites = result["sites"]
+    subjects = result["test_subjects"]
+    written = []
+    # intensity histograms per site, before/after, first test subject pooled over test subjects
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3), squeeze=False)
+    for ax, m in zip(axes[0], methods, strict=True):
+        imgs = result["images"][m]
+        for site in sites:
+            vals = np.concatenate(
+                [imgs[(s, site, 0)][study.get(s, site).mask] for s in subjects if (s, site, 0) in imgs]
+            )
+            ax.hist(vals, bins=80, histtype="step", density=True, label=site)
+        ax.set_title(m)
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    p = folder / "histograms.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(p)
+    # image grid: rows subjects x methods, columns sites (middle slice)
+    show = subjects[:3]
+    fig, axes = plt.subplots(
+        len(show) * len(methods),
+        len(sites),
+        figsize=(1.9 * len(sites), 1.9 * len(show) * len(methods)),
+        squeeze=False,
+    )
+    for i, s in enumerate(show):
+        for j, m in enumerate(methods):
+            row = axes[i * len(methods) + j]
+            ims = [result["images"][m][(s, site, 0)] for site in sites]
+            masks = [study.get(s, site).mask for site in sites]
+            lo = min(float(im[mk].min()) for im, mk in zip(ims, masks, strict=True))
+            hi = max(float(np.percentile(im[mk], 99.5)) for im, mk in zip(ims, masks, strict=True))
+            for k, (ax, im) in enumerate(zip(row, ims, strict=True)):
+                ax.imshow(im[im.shape[0] // 2], cmap="gray", vmin=lo, vmax=hi)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if k == 0:
+                    ax.set_ylabel(f"s{s} {m}", fontsize=7)
+                if i == 0 and j == 0:
+                    ax.set_title(sites[k], fontsize=8)
+    fig.tight_layout()
+    p = folder / "grid.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(p)
+    return written
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harmonize.evaluate import evaluate_study, format_table
+    from harmonize.fit import fit_profile
+    from harmonize.profile import METHODS, load_profile
+    from harmonize.study import load_study
+
+    study = load_study(args.study)
+    subjects = study.subjects
+    test = _int_list(args.test_subjects) if args.test_subjects else subjects[len(subjects) // 2 :]
+    train = [s for s in subjects if s not in test]
+    if not train:
+        raise ValueError("no training subjects left: --test-subjects takes every subject")
+    target = args.target_site or study.sites[0]
+    heldout = _str_list(args.heldout_sites) if args.heldout_sites is not None else [study.sites[-1]]
+    if target in heldout:
+        raise ValueError(f"the target site {target!r} cannot be held out")
+    train_sites = [s for s in study.sites if s not in heldout]
+    profiles: dict[str, Any] = {}
+    fit_dir = Path(args.study) / "profiles"
+    for item in _str_list(args.methods):
+        if "=" in item:
+            name, ref = item.split("=", 1)
+            profiles[name] = load_profile(ref)
+        elif item == "raw":
+            profiles["raw"] = None
+        elif item in METHODS:
+            t0 = time.perf_counter()
+            profiles[item] = fit_profile(
+                item,
+                study,
+                fit_dir / f"{item}.json",
+                target_site=target,
+                train_subjects=train,
+                train_sites=train_sites,
+                training=_training_config(args.iterations),
+            )
+            log.info("fitted %s in %.1f s", item, time.perf_counter() - t0)
+        else:
+            raise ValueError(f"--methods item {item!r} must be raw, one of {METHODS}, or NAME=PROFILE")
+    result = evaluate_study(
+        study, profiles, test_subjects=test, heldout_sites=heldout, keep_images=bool(args.plots)
+    )
+    result["train_subjects"] = train
+    result["target_site"] = target
+    if args.plots:
+        result["plots"] = [str(p) for p in _plots(result, study, Path(args.plots))]
+        del result["images"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"test subjects {test}, train subjects {train}, target {target}, held-out sites {heldout}")
+        print(format_table(result))
+    return 0
