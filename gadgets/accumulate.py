@@ -138,8 +138,9 @@ def accumulate(connection: Any, *, readout_length: int = 0) -> None:
     Readouts are placed so that ``center_sample`` lands on ``kx // 2`` and the
     header's k-space centre line on ``ky // 2``; asymmetric echoes get zeros
     on the short side.  Non-imaging readouts (noise, navigators, phase
-    correction, feedback, dummies) and readouts with a trajectory pass on
-    untouched for the gadgets downstream that want them.
+    correction, feedback, dummies) and non-Cartesian readouts (a trajectory in
+    an encoding that is not ``cartesian``/``epi``) pass on untouched for the
+    gadgets downstream that want them.
     """
     if readout_length < 0:
         raise ValueError(f"readout_length must be >= 0, got {readout_length}")
@@ -153,15 +154,14 @@ def accumulate(connection: Any, *, readout_length: int = 0) -> None:
             connection.send(g.build(device, key[0]))
 
     for item in connection:
-        if (
-            not isinstance(item, ismrmrd.Acquisition)
-            or item.trajectory_dimensions > 0
-            or any(item.is_flag_set(f) for f in _SKIP_FLAGS)
-        ):
+        if not isinstance(item, ismrmrd.Acquisition) or any(item.is_flag_set(f) for f in _SKIP_FLAGS):
             connection.send(item)
             continue
         key = group_key(item)
         info = infos.get(key[0]) or infos.setdefault(key[0], encoding_info(connection.header, key[0]))
+        if item.trajectory_dimensions > 0 and not info.cartesian_like:
+            connection.send(item)  # radial/spiral readouts: AccumulateTrajectory's business
+            continue
         g = groups.get(key)
         if g is None:
             ny, nz = info.encoded_matrix[1], max(1, info.encoded_matrix[2])

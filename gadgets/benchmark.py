@@ -95,6 +95,9 @@ def _stop_server(proc: subprocess.Popen) -> None:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _latency(chain_name: str, header: Any, slices: list[list], device: str) -> list[float]:

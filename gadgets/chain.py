@@ -42,6 +42,8 @@ __all__ = [
     "parse_overrides",
     "list_chains",
     "shipped_chain_path",
+    "chain_for_header",
+    "TRAJECTORY_CHAINS",
 ]
 
 _ALLOWED_TOP = {"name", "version", "description", "queue_size", "gadget"}
@@ -147,6 +149,35 @@ class Chain:
         """Hex sha256 of the canonical JSON (sorted keys, no whitespace)."""
         text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: the shipped chain for each MRD trajectory type (``chain = "auto"``)
+TRAJECTORY_CHAINS = {
+    "cartesian": "cartesian",
+    "epi": "epi",
+    "radial": "radial",
+    "goldenangle": "radial",
+    "spiral": "spiral",
+}
+
+
+def chain_for_header(header: Any, index: int = 0) -> str:
+    """The shipped chain that reconstructs ``header.encoding[index]``'s trajectory.
+
+    Raises:
+        ValueError: for trajectories no shipped chain handles (``other``).
+    """
+    encs = getattr(header, "encoding", None) or []
+    if not 0 <= index < len(encs):
+        raise ValueError(f"the MRD header has no encoding {index}; cannot choose a chain automatically")
+    traj = encs[index].trajectory
+    name = str(getattr(traj, "value", traj) or "cartesian")
+    if name not in TRAJECTORY_CHAINS:
+        raise ValueError(
+            f"no shipped chain for trajectory '{name}'; name one with --chain "
+            f"(chains for: {', '.join(sorted(TRAJECTORY_CHAINS))})"
+        )
+    return TRAJECTORY_CHAINS[name]
 
 
 def _chains_dir() -> Path:

@@ -41,11 +41,12 @@ _COUNTERS = (
 )
 
 
-def header_problem(header: Any) -> str | None:
+def header_problem(header: Any, max_voxels: int | None = None) -> str | None:
     """The first reason the parsed header cannot drive a reconstruction, or None when it can.
 
     Args:
         header: an ``ismrmrd.xsd.ismrmrdHeader``.
+        max_voxels: largest encoded matrix (x*y*z) allowed, None for no limit.
     """
     encs = getattr(header, "encoding", None) or []
     if not encs:
@@ -65,6 +66,13 @@ def header_problem(header: Any) -> str | None:
                         f"header encoding[{i}].{space}.fieldOfView_mm.{axis} must be a finite "
                         f"length >= 0 mm, got {f}"
                     )
+        m = enc.encodedSpace.matrixSize
+        voxels = int(m.x) * int(m.y) * int(m.z)
+        if max_voxels is not None and voxels > max_voxels:
+            return (
+                f"header encoding[{i}].encodedSpace.matrixSize {m.x}x{m.y}x{m.z} is {voxels} voxels; "
+                f"the limit is {max_voxels} (--max-voxels)"
+            )
     asi = getattr(header, "acquisitionSystemInformation", None)
     rc = getattr(asi, "receiverChannels", None) if asi is not None else None
     if rc is not None and not 1 <= int(rc) <= 65535:
@@ -111,11 +119,12 @@ class HeaderRules:
             limits.append(lims)
         return cls(len(encs), int(rc) if rc is not None else None, tuple(limits), strict)
 
-    def acquisition_problem(self, acq: ismrmrd.Acquisition, index: int) -> str | None:
+    def acquisition_problem(self, acq: Any, index: int) -> str | None:
         """The first way ``acq`` contradicts the header (one sentence naming the field), or None.
 
         Args:
-            acq: the acquisition.
+            acq: an ``ismrmrd.Acquisition`` or its ``ismrmrd.AcquisitionHeader`` (the same field
+                names; the bare header is cheaper to read, which matters at thousands of readouts/s).
             index: its position among this connection's acquisitions (0-based), for the message.
         """
         where = f"acquisition #{index} (scan_counter {acq.scan_counter})"
@@ -148,9 +157,10 @@ class HeaderRules:
             return f"{where}: sample_time_us is {dwell}; allowed a finite value >= 0"
         for name in ("position", "read_dir", "phase_dir", "slice_dir", "patient_table_position"):
             values = getattr(acq, name)
-            if not all(math.isfinite(v) for v in values):
+            # a sum of three float32 values cannot overflow a double: not finite iff one is nan/inf
+            if not math.isfinite(values[0] + values[1] + values[2]):
                 return f"{where}: {name} has a non-finite value {list(values)}"
-        if self.strict and not acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+        if self.strict and not _is_noise(acq):
             for field, lim in self.limits[ref].items():
                 v = getattr(acq.idx, field)
                 if not lim.minimum <= v <= lim.maximum:
@@ -160,9 +170,9 @@ class HeaderRules:
                     )
         return None
 
-    def counters_outside_limits(self, acq: ismrmrd.Acquisition) -> list[str]:
+    def counters_outside_limits(self, acq: Any) -> list[str]:
         """Counters outside ``encodingLimits`` (for a warning when not strict): ``['idx.slice=3 (0..1)']``."""
-        if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT) or acq.encoding_space_ref >= self.n_encodings:
+        if _is_noise(acq) or acq.encoding_space_ref >= self.n_encodings:
             return []
         out = []
         for field, lim in self.limits[acq.encoding_space_ref].items():
@@ -170,3 +180,8 @@ class HeaderRules:
             if not lim.minimum <= v <= lim.maximum:
                 out.append(f"idx.{field}={v} ({lim.minimum}..{lim.maximum})")
         return out
+
+
+def _is_noise(acq: Any) -> bool:
+    """The noise-measurement flag, read from the bit field (works on acquisitions and bare headers)."""
+    return bool((int(acq.flags) >> (ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1)) & 1)

@@ -31,6 +31,15 @@ class EncodingInfo:
     trajectory: str
 
     @property
+    def cartesian_like(self) -> bool:
+        """True for trajectories reconstructed on the Cartesian grid (``cartesian``, ``epi``).
+
+        EPI readouts may carry their k-space trajectory (the simulator stores it), but
+        their samples lie on the Cartesian grid after flipping reversed echoes.
+        """
+        return self.trajectory in ("cartesian", "epi")
+
+    @property
     def readout_oversampling(self) -> int:
         """Integer readout oversampling factor, encoded over recon matrix along x (1 when equal)."""
         ex, rx = self.encoded_matrix[0], self.recon_matrix[0]

@@ -25,7 +25,8 @@ def epi_correction(connection: Any, *, keep_reference: bool = False) -> None:
     averaged — and the linear odd/even phase is estimated when the first
     imaging echo of that slice arrives.  Every reversed echo is then flipped
     into k-space order and, if a correction exists for its slice, multiplied
-    by ``exp(iφ(x))`` in hybrid space; its reverse flag is cleared.
+    by ``exp(iφ(x))`` in hybrid space; its reverse flag is cleared and its
+    ``center_sample`` (the index of k = 0 in stored order) becomes ``n − 1 − c``.
 
     Params:
         keep_reference: pass the reference echoes on (dropped by default).
@@ -64,5 +65,7 @@ def epi_correction(connection: Any, *, keep_reference: bool = False) -> None:
         if key in corrections:
             line = correct_lines(line, corrections[key])
         out = copy_with_data(item, line.numpy())
+        # center_sample indexes k = 0 in the stored (acquisition) order; after the flip it moves
+        out.center_sample = item.number_of_samples - 1 - item.center_sample
         out.clear_flag(ismrmrd.ACQ_IS_REVERSE)
         connection.send(out)

@@ -10,7 +10,8 @@ Targets here:
 * ``cartesian``, ``passthrough`` — a whole shipped unisono chain as one
   external node (threads and bounded queues inside, exactly as in
   ``unisono recon``); every image leaving it carries the chain meta.
-* ``run_chain`` — the chain named by the ``chain`` property.
+* ``run_chain`` — the chain named by the ``chain`` property (``auto``, the
+  default, picks it from the header's trajectory).
 
 Parameters come from ``<property name="GADGET.PARAM" value="..."/>``
 elements of the node's ``<configuration>`` (values in TOML syntax, bare words
@@ -27,7 +28,7 @@ import threading
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from gadgets.chain import load_chain, parse_overrides
+from gadgets.chain import chain_for_header, load_chain, parse_overrides
 from gadgets.runtime import ChainError, RunningChain
 
 __all__ = ["cartesian", "passthrough", "run_chain", "properties_from_config", "serve_connection"]
@@ -60,6 +61,8 @@ def serve_connection(connection: Any, chain_name: str, device: str = "auto") -> 
     """
     props = properties_from_config(getattr(connection, "config", None))
     name = props.pop("chain", chain_name)
+    if name == "auto":
+        name = chain_for_header(connection.header)
     device = props.pop("device", device)
     overrides = parse_overrides(f"{k}={v}" for k, v in props.items())
     chain = load_chain(name, overrides=overrides)
@@ -89,5 +92,5 @@ def passthrough(connection: Any) -> None:
 
 
 def run_chain(connection: Any) -> None:
-    """The chain named by the ``chain`` property (default ``cartesian``)."""
-    serve_connection(connection, "cartesian")
+    """The chain named by the ``chain`` property (default ``auto``: by the header's trajectory)."""
+    serve_connection(connection, "auto")

@@ -228,6 +228,22 @@ def _data_before_header(mid: str, opts: dict[str, Any]) -> ClientPlan:
     return ClientPlan("out-of-order", (("send", data),), "arrived before the MRD header", None, mid)
 
 
+def _header_first(mid: str, opts: dict[str, Any]) -> ClientPlan:
+    header, acqs = scan_data(measurement_id=mid)
+    data = encode(header, *acqs, close=True)  # no config: nothing to run, but the scan is kept
+    return ClientPlan("header-first", (("send", data),), "header arrived before a config", len(acqs), mid)
+
+
+def _huge_matrix(mid: str, opts: dict[str, Any]) -> ClientPlan:
+    header, _ = scan_data(measurement_id=mid)
+    m = header.encoding[0].encodedSpace.matrixSize
+    m.x, m.y, m.z = 65535, 65535, 64
+    data = encode(ConfigFile("cartesian"), header)
+    return ClientPlan(
+        "huge-matrix", (("send", data),), r"voxels; the limit is \d+ \(--max-voxels\)", None, mid
+    )
+
+
 def _second_header(mid: str, opts: dict[str, Any]) -> ClientPlan:
     header, acqs = scan_data(measurement_id=mid)
     data = encode(ConfigFile("passthrough"), header, *acqs[:_N_OK], header)
@@ -316,6 +332,8 @@ FAULTS: dict[str, Callable[[str, dict[str, Any]], ClientPlan]] = {
     "xml-entity": _xml_entity,
     "no-encoding": _header_without_encoding,
     "out-of-order": _data_before_header,
+    "header-first": _header_first,
+    "huge-matrix": _huge_matrix,
     "second-header": _second_header,
     "inconsistent": _inconsistent,
     "unknown-chain": _unknown_chain,
@@ -346,6 +364,7 @@ def run_plan(port: int, plan: ClientPlan, timeout_s: float = 30.0, host: str = "
     import threading
 
     result = PlanResult()
+    done = threading.Event()  # the server ended the exchange: pauses stop early
     t0 = time.perf_counter()
     sock = socket.create_connection((host, port), timeout=timeout_s)
     sock.settimeout(timeout_s)
@@ -360,6 +379,8 @@ def run_plan(port: int, plan: ClientPlan, timeout_s: float = 30.0, host: str = "
             result.closed = True
         except (OSError, EOFError, ValueError) as exc:
             result.failure = f"{type(exc).__name__}: {exc}"
+        finally:
+            done.set()
 
     reader = threading.Thread(target=read, name="fault-client-read", daemon=True)
     # a client that crashes reads nothing; a reader's file object would also keep the socket open
@@ -376,7 +397,8 @@ def run_plan(port: int, plan: ClientPlan, timeout_s: float = 30.0, host: str = "
                     result.failure = result.failure or f"send: {exc}"
                     break
             elif step[0] == "sleep":
-                time.sleep(step[1])
+                if done.wait(step[1]):
+                    break
             elif step[0] == "shutdown":
                 sock.shutdown(socket.SHUT_WR)
             elif step[0] == "vanish":

@@ -68,7 +68,7 @@ _REQUIRED = (
     "translation_mm",
     "rotation_deg",
 )
-_OPTIONAL = ("time_s", "observed", "frame", "method", "processing_ms")
+_OPTIONAL = ("time_s", "observed", "frame", "method", "processing_ms", "reference_time_s")
 
 
 class FeedbackError(ValueError):
@@ -91,6 +91,7 @@ class MotionFeedback:
         frame: coordinate frame; only ``"patient"`` is defined.
         method: how it was estimated (``navigator-projection``, ``image-registration``).
         processing_ms: time the estimator spent from that readout to this message (ms).
+        reference_time_s: sequence time (s) of the reference data the pose is relative to.
     """
 
     seq: int
@@ -103,6 +104,7 @@ class MotionFeedback:
     frame: str = "patient"
     method: str = "navigator-projection"
     processing_ms: float | None = None
+    reference_time_s: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("seq", self.seq)
@@ -125,6 +127,10 @@ class MotionFeedback:
         ):
             raise FeedbackError(
                 f"feedback field 'processing_ms' must be a number >= 0, got {self.processing_ms!r}"
+            )
+        if self.reference_time_s is not None and not _finite_number(self.reference_time_s):
+            raise FeedbackError(
+                f"feedback field 'reference_time_s' must be a finite number of seconds, got {self.reference_time_s!r}"
             )
         if not isinstance(self.method, str) or not self.method:
             raise FeedbackError(f"feedback field 'method' must be a non-empty string, got {self.method!r}")
@@ -168,6 +174,8 @@ def encode(fb: MotionFeedback) -> str:
         doc["time_s"] = fb.time_s
     if fb.processing_ms is not None:
         doc["processing_ms"] = round(fb.processing_ms, 4)
+    if fb.reference_time_s is not None:
+        doc["reference_time_s"] = fb.reference_time_s
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -214,6 +222,7 @@ def decode(text: str | bytes) -> MotionFeedback:
         frame=doc.get("frame", "patient"),
         method=doc.get("method", "navigator-projection"),
         processing_ms=doc.get("processing_ms"),
+        reference_time_s=doc.get("reference_time_s"),
     )
 
 

@@ -42,6 +42,9 @@ class ServerLimits:
             instead of filling memory.
         shutdown_grace_s: on stop (SIGTERM/SIGINT) in-flight connections get this long to finish
             before they are ended with an error message; their raw data are kept either way.
+        max_encoded_voxels: largest encoded matrix (x*y*z of any ``<encoding>``) a header may
+            announce; the accumulating gadgets allocate k-space of that size per coil (8 bytes a
+            voxel), so an absurd header would otherwise make the server allocate gigabytes.
         strict_counters: also reject acquisitions whose encoding counters fall outside the header's
             ``encodingLimits`` (off by default: some converters write limits that do not cover
             calibration or navigator lines; the chain then reports the gadget that cannot use them).
@@ -54,6 +57,7 @@ class ServerLimits:
     message_timeout_s: float = 120.0
     max_queue_items: int = 64
     shutdown_grace_s: float = 30.0
+    max_encoded_voxels: int = 1 << 28
     strict_counters: bool = False
 
     def __post_init__(self) -> None:
@@ -61,6 +65,7 @@ class ServerLimits:
         _check_int("max_text_bytes", self.max_text_bytes, 1024, 1 << 32)
         _check_int("max_connections", self.max_connections, 1, 10_000)
         _check_int("max_queue_items", self.max_queue_items, 1, 100_000)
+        _check_int("max_encoded_voxels", self.max_encoded_voxels, 1, 65535**3)
         _check_seconds("idle_timeout_s", self.idle_timeout_s, 0.05, 7 * 86400)
         _check_seconds("message_timeout_s", self.message_timeout_s, 0.05, 7 * 86400)
         _check_seconds("shutdown_grace_s", self.shutdown_grace_s, 0.0, 86400)

@@ -48,6 +48,7 @@ class _NavState:
 
     reference: dict[int, torch.Tensor] = field(default_factory=dict)
     reference_pose: tuple[np.ndarray, np.ndarray] | None = None
+    reference_time_s: float | None = None
     latest: dict[int, ismrmrd.Acquisition] = field(default_factory=dict)
     pairs_seen: int = 0
 
@@ -66,7 +67,9 @@ def motion_estimation(
     lowres_lines: int = 32,
     min_interval_s: float = 0.0,
     reference_pair: int = 1,
-    band: float = 0.125,
+    band: float = 0.25,
+    min_change_mm: float = 0.5,
+    min_change_deg: float = 0.5,
 ) -> None:
     """Estimate rigid motion in the stream and send :mod:`gadgets.feedback` messages back.
 
@@ -81,6 +84,11 @@ def motion_estimation(
             pairs are skipped because the magnetization is still approaching its steady state.
         band: navigator method: k-space half-band used (fraction of the samples, see
             :func:`recon.registration.projection_shift`).
+        min_change_mm, min_change_deg: send a new pose only when it differs from the last one
+            sent by more than this in some component (a dead band, as PMC systems use): every
+            update re-phases the RF and receiver, which disturbs magnetization pathways that
+            spoiling leaves coherent, so updates within the estimator noise (~0.2 mm) cost
+            image quality and buy nothing. 0 sends every estimate.
     """
     if method not in _METHODS:
         raise ValueError(f"motion gadget parameter 'method' must be one of {_METHODS}, got {method!r}")
@@ -88,18 +96,32 @@ def motion_estimation(
         raise ValueError(f"motion gadget parameter 'reference_pair' must be an integer >= 0, got {reference_pair!r}")
     if not 0 < band <= 0.5:
         raise ValueError(f"motion gadget parameter 'band' must be in (0, 0.5], got {band!r}")
+    if min_change_mm < 0 or min_change_deg < 0:
+        raise ValueError(
+            f"motion gadget parameters 'min_change_mm' and 'min_change_deg' must be >= 0, "
+            f"got {min_change_mm!r} and {min_change_deg!r}"
+        )
     if lowres_lines < 8:
         raise ValueError(f"motion gadget parameter 'lowres_lines' must be >= 8, got {lowres_lines}")
     state = _NavState()
     images: dict[int, dict[int, np.ndarray]] = {}
     reference_image: tuple[torch.Tensor, tuple[float, ...], tuple[np.ndarray, np.ndarray]] | None = None
+    reference_image_s: float | None = None
     seq = 0
     last_sent_s = -np.inf
+    last_pose = (np.zeros(3), np.zeros(3))  # what the scanner runs with before any feedback
 
-    def send_estimate(acq: ismrmrd.Acquisition, t_mm, r_deg, observed, how: str, t_in: float) -> None:
-        nonlocal seq, last_sent_s
+    def send_estimate(
+        acq: ismrmrd.Acquisition, t_mm, r_deg, observed, how: str, t_in: float, ref_s: float | None
+    ) -> None:
+        nonlocal seq, last_sent_s, last_pose
         time_s = int(acq.acquisition_time_stamp) * TIME_TICK_S
         if not emit_feedback or time_s - last_sent_s < min_interval_s:
+            return
+        moved_mm = float(np.max(np.abs(np.asarray(t_mm) - last_pose[0])))
+        moved_deg = float(np.max(np.abs(np.asarray(r_deg) - last_pose[1])))
+        if moved_mm <= min_change_mm and moved_deg <= min_change_deg:
+            log.debug("pose change %.3f mm / %.3f deg within the dead band: not sent", moved_mm, moved_deg)
             return
         fb = MotionFeedback(
             seq=seq,
@@ -111,10 +133,12 @@ def motion_estimation(
             time_s=time_s,
             method=how,
             processing_ms=(time.perf_counter() - t_in) * 1e3,
+            reference_time_s=ref_s,
         )
         connection.send(encode(fb))
         seq += 1
         last_sent_s = time_s
+        last_pose = (np.asarray(t_mm, dtype=np.float64), np.asarray(r_deg, dtype=np.float64))
 
     for item in connection:
         t_in = time.perf_counter()
@@ -130,7 +154,7 @@ def motion_estimation(
                     est = _navigator_pair(state, connection.header, reference_pair, band)
                     if est is not None:
                         send_estimate(item, est[0], est[1], (True, True, False, False, False, False),
-                                      "navigator-projection", t_in)  # fmt: skip
+                                      "navigator-projection", t_in, state.reference_time_s)  # fmt: skip
             connection.send(item)
             continue
         if method == "image" and not item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
@@ -145,11 +169,12 @@ def motion_estimation(
                 pose = applied_pose(item)[:2]
                 if reference_image is None:
                     reference_image = (img, spacing, pose)
+                    reference_image_s = int(item.acquisition_time_stamp) * TIME_TICK_S
                 else:
                     est = register_rigid(img, reference_image[0], spacing)
                     head = compose(pose, (np.asarray(est.translation_mm), np.asarray(est.rotation_deg)))
                     observed = (True, True, False, False, False, True) if img.ndim == 2 else (True,) * 6
-                    send_estimate(item, head[0], head[1], observed, "image-registration", t_in)
+                    send_estimate(item, head[0], head[1], observed, "image-registration", t_in, reference_image_s)
         connection.send(item)
 
 
@@ -166,6 +191,7 @@ def _navigator_pair(
             return None
         state.reference = data
         state.reference_pose = applied_pose(nav_y)[:2]
+        state.reference_time_s = int(nav_y.acquisition_time_stamp) * TIME_TICK_S
         return None
     head_t = np.zeros(3)
     head_r = np.zeros(3)

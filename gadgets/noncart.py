@@ -13,6 +13,7 @@ from gadgets.accumulate import group_key
 from gadgets.buffers import ImageBuffer, KSpaceBuffer
 from gadgets.encoding import encoding_info
 from recon import noncartesian, nufft
+from recon.cartesian import resample_to_fov
 from recon.espirit import espirit_maps
 from recon.fft import fftnc
 
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 
 #: accepted ``trajectory_units`` and what they mean
 TRAJECTORY_UNITS = {
+    "normalized": "k relative to the encoded space, |k| <= 0.5 at the encoded resolution (ISMRMRD/Gadgetron "
+    "convention; what unisono's simulator writes)",
     "cycles_per_fov": "k in cycles per encoded FOV, -N/2 <= k < N/2 (BART's convention)",
-    "normalized": "k in [-0.5, 0.5) of the encoded matrix (Gadgetron's radial convention)",
     "per_m": "k in 1/m (Pulseq's calculate_kspace); converted with the encoded FOV",
 }
 
@@ -33,8 +35,9 @@ def accumulate_trajectory(connection: Any) -> None:
 
     Emits :class:`KSpaceBuffer` with ``data`` complex (coil, 1, readouts, samples)
     and ``trajectory`` float32 (readouts, samples, dims) as stored in MRD, on
-    last-in-slice (or at the end of the stream).  Cartesian readouts and
-    non-imaging readouts pass unchanged.
+    last-in-slice (or at the end of the stream).  Readouts without a
+    trajectory, readouts of Cartesian-like encodings (``cartesian``, ``epi``)
+    and non-imaging readouts pass unchanged.
     """
     groups: dict[tuple[int, ...], list[ismrmrd.Acquisition]] = {}
     device = getattr(connection, "device", torch.device("cpu"))
@@ -54,6 +57,7 @@ def accumulate_trajectory(connection: Any) -> None:
             )
         )
 
+    cartesian_like: dict[int, bool] = {}
     for item in connection:
         if (
             not isinstance(item, ismrmrd.Acquisition)
@@ -63,6 +67,12 @@ def accumulate_trajectory(connection: Any) -> None:
         ):
             connection.send(item)
             continue
+        ref = int(item.encoding_space_ref)
+        if ref not in cartesian_like:
+            cartesian_like[ref] = encoding_info(connection.header, ref).cartesian_like
+        if cartesian_like[ref]:
+            connection.send(item)  # EPI readouts carry a trajectory but are gridded by Accumulate
+            continue
         key = group_key(item)
         groups.setdefault(key, []).append(item)
         if item.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
@@ -71,16 +81,17 @@ def accumulate_trajectory(connection: Any) -> None:
         emit(key)
 
 
-def _coords(
-    traj: torch.Tensor, units: str, matrix: tuple[int, int], fov_mm: tuple[float, float]
-) -> torch.Tensor:
+def _coords(traj: torch.Tensor, units: str, info: Any) -> torch.Tensor:
+    """(M, 2) k-space positions in cycles per *encoded* FOV, (kx, ky) order."""
     c = traj[..., :2].reshape(-1, 2).to(torch.float32)
+    ex, ey = float(info.encoded_matrix[0]), float(info.encoded_matrix[1])
+    fx, fy = info.encoded_fov_mm[0] * 1e-3, info.encoded_fov_mm[1] * 1e-3
     if units == "cycles_per_fov":
         return c
     if units == "normalized":
-        return c * torch.tensor([float(matrix[0]), float(matrix[1])], device=c.device)
+        return c * torch.tensor([ex, ey], device=c.device)
     if units == "per_m":
-        return c * torch.tensor([fov_mm[0] * 1e-3, fov_mm[1] * 1e-3], device=c.device)
+        return c * torch.tensor([fx, fy], device=c.device)
     raise ValueError(f"trajectory_units must be one of {', '.join(TRAJECTORY_UNITS)}, got '{units}'")
 
 
@@ -88,7 +99,7 @@ def nufft_recon(
     connection: Any,
     *,
     method: str = "gridding",
-    trajectory_units: str = "cycles_per_fov",
+    trajectory_units: str = "normalized",
     oversampling: float = 2.0,
     kernel_width: int = 6,
     dcf_iterations: int = 10,
@@ -106,7 +117,9 @@ def nufft_recon(
         dcf_iterations: Pipe–Menon iterations.
         cg_iterations, lamda: CG-SENSE controls.
 
-    The image matrix and FOV are the header's recon space; emits ImageBuffer
+    The NUFFT grid is the header's *encoded* matrix and FOV (radial readouts
+    are usually oversampled: encoded FOV twice the recon FOV), and the image
+    is then cropped/interpolated to the recon space; emits ImageBuffer
     (coil or 1, 1, y, x).
     """
     if method not in ("gridding", "cg-sense"):
@@ -120,9 +133,8 @@ def nufft_recon(
             connection.send(item)
             continue
         info = encoding_info(connection.header, item.encoding_index)
-        nx, ny = info.recon_matrix[0], info.recon_matrix[1]
-        fov = (info.recon_fov_mm[0], info.recon_fov_mm[1])
-        coords = _coords(item.trajectory, trajectory_units, (nx, ny), fov)
+        nx, ny = info.encoded_matrix[0], info.encoded_matrix[1]
+        coords = _coords(item.trajectory, trajectory_units, info)
         y = item.data.reshape(item.data.shape[0], -1)
         p = nufft.plan(coords, (ny, nx), os=oversampling, width=kernel_width)
         dcf = noncartesian.density_compensation(p, dcf_iterations)
@@ -134,4 +146,7 @@ def nufft_recon(
             maps, _ = espirit_maps(kgrid, calib_size=min(24, ny, nx))
             res = noncartesian.cg_sense(y, p, maps, dcf, lamda=lamda, max_iter=cg_iterations)
             img = res.x[None, None]
+        fov_in = (info.encoded_fov_mm[1], info.encoded_fov_mm[0])
+        fov_out = (info.recon_fov_mm[1], info.recon_fov_mm[0])
+        img = resample_to_fov(img, fov_in, fov_out, (info.recon_matrix[1], info.recon_matrix[0]))
         connection.send(ImageBuffer(img, item.reference, item.encoding_index))

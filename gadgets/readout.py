@@ -22,22 +22,23 @@ def remove_oversampling(connection: Any, *, factor: int = 0) -> None:
         factor: oversampling factor; 0 takes it from the header (encoded x
             matrix over recon x matrix of the readout's encoding).
 
-    Readouts with a trajectory (non-Cartesian) and noise readouts pass
-    unchanged; ``center_sample`` is divided by the factor.
+    Non-Cartesian readouts (radial, spiral) and noise readouts pass
+    unchanged; EPI readouts are treated as Cartesian even when they carry a
+    trajectory (which is dropped). ``center_sample`` is divided by the factor.
     """
     if factor < 0:
         raise ValueError(f"factor must be >= 0 (0 = from the header), got {factor}")
-    cache: dict[int, int] = {}
+    infos: dict[int, Any] = {}
     for item in connection:
-        if (
-            not isinstance(item, ismrmrd.Acquisition)
-            or item.trajectory_dimensions > 0
-            or item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
-        ):
+        if not isinstance(item, ismrmrd.Acquisition) or item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
             connection.send(item)
             continue
         ref = int(item.encoding_space_ref)
-        f = factor or cache.setdefault(ref, encoding_info(connection.header, ref).readout_oversampling)
+        info = infos.get(ref) or infos.setdefault(ref, encoding_info(connection.header, ref))
+        if item.trajectory_dimensions > 0 and not info.cartesian_like:
+            connection.send(item)  # radial/spiral: the NUFFT handles the readout FOV
+            continue
+        f = factor or info.readout_oversampling
         if f == 1:
             connection.send(item)
             continue

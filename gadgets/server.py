@@ -324,9 +324,7 @@ class MRDServer:
             try:
                 conn.settimeout(2.0)
                 with conn, conn.makefile("wb") as wfile:
-                    ser = ProtocolSerializer(wfile)
-                    ser.serialize(ERROR_PREFIX + text)
-                    ser.close()
+                    _send_error(wfile, text)
                     linger(conn, 1.0, 1 << 20)
             except OSError:
                 pass
@@ -357,7 +355,16 @@ class MRDServer:
                 wfile = stack.enter_context(conn.makefile("wb", buffering=1 << 20))
                 sink = None
                 if stem is not None:
-                    sink = stack.enter_context(open(stem.with_suffix(".mrd"), "wb", buffering=1 << 20))
+                    try:
+                        sink = stack.enter_context(open(stem.with_suffix(".mrd"), "wb", buffering=1 << 20))
+                    except OSError as exc:
+                        # no scan without its raw data: refuse it and say why, rather than lose it
+                        stem = None
+                        text = f"cannot record raw data ({exc}); the scan is refused"
+                        log.error("%s: %s", label, text)
+                        _send_error(wfile, text)
+                        linger(conn)
+                        return
                     log.info("%s: recording raw data to %s", label, stem.with_suffix(".mrd"))
                 error = handle_stream(
                     conn,
@@ -446,6 +453,13 @@ class MRDServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _send_error(wfile: BinaryIO, text: str) -> None:
+    """One ``unisono error:`` text message and the close message, flushed."""
+    ser = ProtocolSerializer(wfile)
+    ser.serialize(ERROR_PREFIX + text)
+    ser.close()
 
 
 def _is_loopback(host: str) -> bool:

@@ -135,8 +135,8 @@ def _drain(stream: Any, sink: list[str]) -> None:
 def run_benchmark(
     device: str = "auto",
     repeats: int = 1,
-    connections: int = 300,
-    concurrency: int = 6,
+    connections: int = 600,
+    concurrency: int = 8,
     fault_share: float = 0.3,
     timeout_s: float = 1.0,
     seed: int = 0,
@@ -170,12 +170,18 @@ def run_benchmark(
     t_start = time.perf_counter()
     proc, port = _start_server(raw_dir, device, float(timeout_s), max_connections)
     stderr_lines: list[str] = []
-    threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True).start()
-    threading.Thread(target=_drain, args=(proc.stdout, []), daemon=True).start()
+    drains = [
+        threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True),
+        threading.Thread(target=_drain, args=(proc.stdout, []), daemon=True),
+    ]
+    for t in drains:
+        t.start()
     startup_s = time.perf_counter() - t_start
     rss_samples: list[float] = []
     died_at: list[int] = []
     stop_sampling = threading.Event()
+
+    finished = [0]  # connections done so far (read by the sampler)
 
     def sample() -> None:
         while not stop_sampling.is_set():
@@ -183,7 +189,10 @@ def run_benchmark(
                 died_at.append(len(rss_samples))
                 return
             rss_samples.append(_rss_mb(proc.pid))
+            progress.append(finished[0])
             stop_sampling.wait(0.2)
+
+    progress: list[int] = []
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -200,6 +209,7 @@ def run_benchmark(
             result = run_plan(port, plan, timeout_s=30.0 + 2 * timeout_s)
         except OSError as exc:  # could not even connect: the server is gone
             result = PlanResult(failure=f"connect: {exc}")
+        finished[0] += 1
         return SoakOutcome(i, plan, result)
 
     t0 = time.perf_counter()
@@ -221,6 +231,11 @@ def run_benchmark(
     shutdown_s = time.perf_counter() - t1
     stop_sampling.set()
     sampler.join(2)
+    for t in drains:
+        t.join(5)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
     raw = _check_raw_files(raw_dir, outcomes)
     valid = [o for o in outcomes if o.plan.name == "valid"]
@@ -262,6 +277,7 @@ def run_benchmark(
         "peak_rss_mb": round(peak, 1),
         "rss_after_warmup_mb": round(warm[0], 1) if warm else None,
         "rss_end_mb": round(rss_end, 1),
+        "rss_mb_by_quarter": _by_quarter(rss_samples, progress, len(outcomes)),
         "clients_s": round(clients_s, 2),
         "connections_per_s": round(len(outcomes) / clients_s, 2),
         "server_startup_s": round(startup_s, 2),
@@ -281,6 +297,15 @@ def run_benchmark(
     if keep_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _by_quarter(rss: list[float], progress: list[int], total: int) -> list[float | None]:
+    """Server RSS (MiB) when 25, 50, 75 and 100 % of the connections were done: flat means bounded."""
+    out: list[float | None] = []
+    for q in (0.25, 0.5, 0.75, 1.0):
+        vals = [r for r, p in zip(rss, progress, strict=False) if p <= q * total and r == r]
+        out.append(round(vals[-1], 1) if vals else None)
+    return out
 
 
 def _check_raw_files(raw_dir: Path, outcomes: list[SoakOutcome]) -> dict[str, Any]:

@@ -97,7 +97,8 @@ def cartesian_acquisitions(
         a = ismrmrd.Acquisition.from_array(np.ascontiguousarray(d[:, ::-1]) if rev else d)
         a.idx.kspace_encode_step_1 = ky
         a.idx.slice = slice_index
-        a.center_sample = nx // 2
+        # k = 0 sits at nx//2 in k-space order; a reversed line stores the samples backwards
+        a.center_sample = nx - 1 - nx // 2 if rev else nx // 2
         a.sample_time_us = dwell_us
         a.scan_counter = i
         _geometry(a, position)

@@ -84,7 +84,8 @@ _IMAGE_HEADER = ctypes.sizeof(ismrmrd.ImageHeader)
 #: MRD data type code -> bytes per element (images and ndarrays)
 _ITEMSIZE = {1: 2, 2: 2, 3: 4, 4: 4, 5: 4, 6: 8, 7: 8, 8: 16}
 _NDARRAY_MAXDIM = 7
-_CHUNK = 1 << 18  # read-ahead for small reads; larger payloads are received straight into place
+_CHUNK = 1 << 16  # read-ahead for small reads (ids, fixed headers, short texts)
+_DIRECT = 1 << 14  # payloads at least this long are received straight into their own buffer
 _DATA_IDS = (1008, 1022, 1026, 1030)
 
 
@@ -257,6 +258,7 @@ class MessageReader:
         self.label = label
         self._buf = bytearray()
         self._pos = 0
+        self._chunk = memoryview(bytearray(_CHUNK))
         self._deadline: float | None = None
         self._what = ""
         self._in_message = False
@@ -303,7 +305,7 @@ class MessageReader:
             out = bytes(memoryview(self._buf)[self._pos : self._pos + n])
             self._pos += n
             return out
-        if n - have >= _CHUNK:
+        if n - have >= _DIRECT:
             # large payload: receive straight into its final buffer
             out_buf = bytearray(n)
             out_buf[:have] = memoryview(self._buf)[self._pos :]
@@ -319,8 +321,7 @@ class MessageReader:
         if self._pos:
             del self._buf[: self._pos]
             self._pos = 0
-        chunk = bytearray(_CHUNK)
-        cv = memoryview(chunk)
+        cv = self._chunk
         while len(self._buf) < n:
             k = self._receive(cv)
             self._buf += cv[:k]
@@ -373,12 +374,12 @@ class MessageReader:
             raise self._fail(
                 "invalid-header", f"the MRD header (message id 3) is not valid ISMRMRD XML: {text}"
             ) from None
-        problem = header_problem(header)
+        problem = header_problem(header, self.limits.max_encoded_voxels)
         if problem is not None:
             raise self._fail("invalid-header", problem)
         return header
 
-    def _acquisition(self) -> tuple[Any, bytes]:
+    def _acquisition(self) -> tuple[Any, tuple[bytes | bytearray, ...]]:
         head = self._read(_ACQ_HEADER)
         h = ismrmrd.AcquisitionHeader.from_buffer_copy(head)
         ns, nc, td = h.number_of_samples, h.active_channels, h.trajectory_dimensions
@@ -390,10 +391,15 @@ class MessageReader:
             "--max-message-mb",
         )
         body = self._read(payload)
-        frame = bytes(head) + bytes(body)
-        return ismrmrd.Acquisition.deserialize_from(_slicer(frame)), frame
+        # as ismrmrd's deserialize_from, without first joining header and payload (one copy less)
+        acq = ismrmrd.Acquisition(h)
+        self._acq_head = h  # the consistency checks read this struct (faster than the properties)
+        n_traj = ns * td
+        acq.traj[:] = np.frombuffer(body, np.float32, count=n_traj).reshape(ns, td)
+        acq.data[:] = np.frombuffer(body, np.complex64, count=ns * nc, offset=4 * n_traj).reshape(nc, ns)
+        return acq, (head, body)
 
-    def _waveform(self) -> tuple[Any, bytes]:
+    def _waveform(self) -> tuple[Any, tuple[bytes, ...]]:
         head = self._read(_WAVE_HEADER)
         h = ismrmrd.WaveformHeader.from_buffer_copy(head)
         payload = h.channels * h.number_of_samples * 4
@@ -404,9 +410,9 @@ class MessageReader:
             "--max-message-mb",
         )
         frame = bytes(head) + bytes(self._read(payload))
-        return ismrmrd.Waveform.deserialize_from(_slicer(frame)), frame
+        return ismrmrd.Waveform.deserialize_from(_slicer(frame)), (frame,)
 
-    def _image(self) -> tuple[Any, bytes]:
+    def _image(self) -> tuple[Any, tuple[bytes, ...]]:
         head = bytes(self._read(_IMAGE_HEADER))
         h = ismrmrd.ImageHeader.from_buffer_copy(head)
         if h.data_type not in _ITEMSIZE:
@@ -430,9 +436,9 @@ class MessageReader:
             image = ismrmrd.Image.deserialize_from(io.BytesIO(frame).read)  # needs bytes, not views
         except (ValueError, TypeError) as exc:
             raise self._fail("malformed", f"the image message cannot be decoded: {exc}") from None
-        return image, frame
+        return image, (frame,)
 
-    def _ndarray(self) -> tuple[Any, bytes]:
+    def _ndarray(self) -> tuple[Any, tuple[bytes, ...]]:
         head = bytes(self._read(6))
         dtype, _ver, ndim = struct.unpack("<HHH", head)
         if dtype not in _ITEMSIZE:
@@ -451,7 +457,7 @@ class MessageReader:
         from ismrmrd.image import get_dtype_from_data_type
 
         arr = np.frombuffer(data, dtype=get_dtype_from_data_type(dtype)).reshape(dims)
-        return arr, head + dims_raw + data
+        return arr, (head + dims_raw + data,)
 
     def read_message(self) -> Any:
         """Read one message; None at the close message (id 4).  See the class for what it returns."""
@@ -474,9 +480,9 @@ class MessageReader:
                 "out-of-order", f"a message of type {name} (id {mid}) arrived before the MRD header (id 3)"
             )
         item: Any
-        frame: bytes
+        frame: tuple[bytes | bytearray, ...]
         if mid == 4:
-            item, frame = None, b""
+            item, frame = None, ()
         elif mid == 1:
             raw = bytes(self._read(_CONFIG_FILE_SIZE))
             # the whole NUL-padded payload must decode (as ProtocolDeserializer reads the recording)
@@ -485,12 +491,12 @@ class MessageReader:
                 raise self._fail(
                     "malformed", "the config file name (message id 1) contains control characters"
                 )
-            item, frame = ConfigFile(text), raw
+            item, frame = ConfigFile(text), (raw,)
         elif mid in (2, 5):
             raw = self._text(mid)
             text = self._decode(raw, name)
             item = ConfigText(text) if mid == 2 else text
-            frame = struct.pack("<I", len(raw)) + raw
+            frame = (struct.pack("<I", len(raw)), raw)
         elif mid == 3:
             if self.header is not None:
                 raise self._fail(
@@ -499,7 +505,7 @@ class MessageReader:
             # C clients may send a terminating NUL; the recording keeps the XML without it
             raw = self._text(mid).rstrip(b"\x00")
             item = self._parse_header(raw)
-            frame = struct.pack("<I", len(raw)) + raw
+            frame = (struct.pack("<I", len(raw)), raw)
         elif mid == 1008:
             item, frame = self._acquisition()
         elif mid == 1026:
@@ -508,18 +514,18 @@ class MessageReader:
             item, frame = self._image()
         else:
             item, frame = self._ndarray()
-        self._record(mid_bytes, frame)
+        self._record(mid_bytes, *frame)
         self.counts[mid] = self.counts.get(mid, 0) + 1
-        self.bytes_read += 2 + len(frame)
+        self.bytes_read += 2 + sum(len(part) for part in frame)
         if mid == 3:
             self.header = item
             self.rules = HeaderRules.from_header(item, strict=self.limits.strict_counters)
         elif mid == 1008 and self.rules is not None:
-            problem = self.rules.acquisition_problem(item, self.counts[1008] - 1)
+            problem = self.rules.acquisition_problem(self._acq_head, self.counts[1008] - 1)
             if problem is not None:
                 return Rejected(problem, item)
             if not self._warned_counters:
-                outside = self.rules.counters_outside_limits(item)
+                outside = self.rules.counters_outside_limits(self._acq_head)
                 if outside:
                     self._warned_counters = True
                     log.warning(
@@ -531,12 +537,12 @@ class MessageReader:
                     )
         return item
 
-    def _record(self, mid_bytes: bytes, frame: bytes) -> None:
+    def _record(self, *parts: bytes | bytearray) -> None:
         if self.record is None:
             return
         try:
-            self.record.write(mid_bytes)
-            self.record.write(frame)
+            for part in parts:
+                self.record.write(part)
         except OSError as exc:
             raise self._fail("recording", f"recording the raw data failed: {exc}") from None
 

@@ -24,6 +24,11 @@ COUNTERS = ("SLC", "SEG", "REP", "AVG", "SET", "ECO", "PHS", "LIN", "PAR", "ACQ"
 FLAGS = ("NAV", "REV", "SMS", "REF", "IMA", "NOISE", "PMC", "NOROT", "NOPOS", "NOSCL", "ONCE")
 
 
+#: block fields the simulator understands; triggers/outputs do not change the physics and soft
+#: delays run at the duration written in the file
+_KNOWN_BLOCK_FIELDS = {"block_duration", "rf", "gx", "gy", "gz", "adc", "label", "trig", "trigger", "output", "soft_delay"}
+
+
 class SequenceError(ValueError):
     """A Pulseq feature the simulator cannot run; the message names the block and the feature."""
 
@@ -193,9 +198,10 @@ def _rf_steps(rf: SimpleNamespace, raster: float, block: int) -> tuple[np.ndarra
     dts = np.diff(t)
     step = dts[0] if sig.size > 1 else dur
     uniform = sig.size == 1 or np.allclose(dts, step, rtol=1e-6, atol=1e-12)
-    if uniform and abs(t[0] - step / 2) < 1e-9 and abs(sig.size * step - dur) < 1e-9:
+    if uniform and abs(t[0] - step / 2) < 1e-9 and abs(sig.size * step - dur) <= step + 1e-9:
         # samples at the centres of equal intervals (the Pulseq default, at the RF raster or at a
-        # coarser dwell): piecewise constant, used as they are
+        # coarser dwell): piecewise constant, used as they are. (pypulseq may report shape_dur
+        # as the last sample time rather than the end of the last interval: within one step.)
         edges = np.arange(sig.size + 1) * step
         return sig, edges, t
     n = max(1, int(round(dur / raster)))
@@ -225,6 +231,9 @@ def compile_block(
     motion correction); gradients are linear, so moments and waveforms rotate exactly.
     ``grad_cache``/``grad_key`` reuse the parsed gradients of blocks with the same gradient events.
     """
+    for name, value in vars(block).items():
+        if value is not None and name not in _KNOWN_BLOCK_FIELDS:
+            raise SequenceError(f"block {index}: '{name}' events are not supported by the simulator")
     duration = float(block.block_duration)
     info = BlockInfo(index=index, duration=duration)
     rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)

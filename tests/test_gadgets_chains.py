@@ -39,7 +39,20 @@ def _nrmse(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(s * a - ref) / np.linalg.norm(ref))
 
 
-def test_epi_chain_removes_ghost() -> None:
+def _with_trajectory(acqs: list) -> list:
+    """The same readouts carrying a 2D trajectory, as unisono's simulator stores EPI readouts."""
+    out = []
+    for a in acqs:
+        head = a.getHead()
+        head.trajectory_dimensions = 2
+        traj = np.zeros((a.number_of_samples, 2), dtype=np.float32)
+        traj[:, 0] = (np.arange(a.number_of_samples) - a.number_of_samples // 2) / a.number_of_samples
+        out.append(ismrmrd.Acquisition(head, a.data, traj))
+    return out
+
+
+@pytest.mark.parametrize("with_trajectory", [False, True])
+def test_epi_chain_removes_ghost(with_trajectory: bool) -> None:
     img = ellipse_image(N).to(torch.complex64)
     S = _sens(N)
     k = fft.fftnc(S * img)
@@ -61,6 +74,8 @@ def test_epi_chain_removes_ghost() -> None:
             a.set_flag(ismrmrd.ACQ_IS_REVERSE)
         refs.append(a)
     acqs = refs + cartesian_acquisitions(kc, reverse_odd=True)
+    if with_trajectory:
+        acqs = _with_trajectory(acqs)
     truth = (S * img).abs().pow(2).sum(0).sqrt().numpy()
     out = run_chain(load_chain("epi", overrides=OFF), header, acqs)
     assert len(out) == 1
@@ -86,14 +101,19 @@ def test_cartesian_chain_completes_partial_fourier() -> None:
     assert _nrmse(full, truth) < 0.5 * _nrmse(zero_filled, truth)
 
 
-@pytest.mark.parametrize("kind", ["radial", "spiral"])
-def test_noncartesian_chains_reconstruct(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "oversampled"), [("radial", False), ("radial", True), ("spiral", False)])
+def test_noncartesian_chains_reconstruct(kind: str, oversampled: bool) -> None:
     traj = trajectories.radial(100, 2 * N, N) if kind == "radial" else trajectories.spiral(16, 1500, N)
     coords = traj.reshape(-1, 2).numpy()
     single = ellipse_kspace(coords[:, 0], coords[:, 1], N).numpy().reshape(traj.shape[:2])
     data = single[None]  # one coil: the exact k-space of the phantom
     header = make_header((N, N), n_coils=1, trajectory=kind)
-    acqs = trajectory_acquisitions(data, traj.numpy())
+    if oversampled:  # as unisono's radial protocol: encoded matrix and FOV twice the recon ones
+        enc = header.encoding[0].encodedSpace
+        enc.matrixSize.x, enc.matrixSize.y = 2 * N, 2 * N
+        enc.fieldOfView_mm.x, enc.fieldOfView_mm.y = 2 * 220.0, 2 * 220.0
+    # ISMRMRD-normalised trajectory (|k| <= 0.5 at the encoded resolution, which equals the recon one)
+    acqs = trajectory_acquisitions(data, traj.numpy() / N)
     out = run_chain(load_chain(kind, overrides=OFF), header, acqs)
     ky, kx = np.meshgrid(np.arange(N) - N // 2, np.arange(N) - N // 2, indexing="ij")
     reference = fft.ifftnc(ellipse_kspace(kx, ky, N)).abs().numpy().astype(np.float64)
@@ -112,7 +132,7 @@ def test_radial_cg_sense_with_coils() -> None:
     p = nufft.plan(traj.reshape(-1, 2), (N, N), os=2.5, width=8)  # a finer plan than the recon's to simulate
     data = nufft.forward(p, S * img).reshape(4, *traj.shape[:2]).numpy()
     header = make_header((N, N), n_coils=4, trajectory="radial")
-    acqs = trajectory_acquisitions(data, traj.numpy())
+    acqs = trajectory_acquisitions(data, traj.numpy() / N)
     truth = (S * img).abs().pow(2).sum(0).sqrt().numpy()
     grid = run_chain(load_chain("radial", overrides=OFF), header, acqs)[0].data[0, 0]
     cg = run_chain(
@@ -159,7 +179,8 @@ def test_cartesian_chain_3d_and_averages() -> None:
     acqs = []
     rng = np.random.default_rng(1)
     for kz in range(nz):
-        noise = (rng.standard_normal((2, ny, nx)) + 1j * rng.standard_normal((2, ny, nx))).astype(np.complex64)
+        shape = (2, ny, nx)
+        noise = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
         for avg in range(2):  # two averages with opposite noise: their mean is the clean line
             part = k[:, kz] + (noise if avg == 0 else -noise)
             for a in cartesian_acquisitions(part):

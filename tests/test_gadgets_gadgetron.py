@@ -57,11 +57,14 @@ def _play_gadgetron(sock: socket.socket, header: object, acqs: list, config: str
         reader = threading.Thread(target=read)
         reader.start()
         ser = ProtocolSerializer(wfile)
-        ser.serialize(ConfigText(config))
-        ser.serialize(header)
-        for a in acqs:
-            ser.serialize(a)
-        ser.close()
+        try:
+            ser.serialize(ConfigText(config))
+            ser.serialize(header)
+            for a in acqs:
+                ser.serialize(a)
+            ser.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the external side may give up (and close) before all data are written
         reader.join(60)
         assert not reader.is_alive()
     return received
@@ -129,7 +132,12 @@ def test_external_target_over_socketpair_reports_failure(raw: Path) -> None:
     t.join(30)
     theirs.close()
     assert not [r for r in received if isinstance(r, ismrmrd.Image)]
-    assert errors and "no_such_param" in str(errors[0])
+    assert errors
+    chain_of_errors, exc = [], errors[0]
+    while exc is not None:  # closing the connection may raise on top of the gadget's own error
+        chain_of_errors.append(str(exc))
+        exc = exc.__context__
+    assert any("no_such_param" in text for text in chain_of_errors), chain_of_errors
 
 
 def test_properties_from_config() -> None:

@@ -81,11 +81,9 @@ def test_debian_accelerated_data_reconstruct(tmp_path: Path) -> None:
     if shutil.which("ismrmrd_generate_cartesian_shepp_logan") is None:
         pytest.skip("Debian ismrmrd-tools are not installed")
     path = tmp_path / "acc.h5"
-    subprocess.run(
-        ["ismrmrd_generate_cartesian_shepp_logan", "-m", "128", "-c", "8", "-a", "2", "-w", "24", "-n", "0.002",
-         "-o", str(path)],
-        check=True, capture_output=True, cwd=tmp_path,
-    )  # fmt: skip
+    args = ["-m", "128", "-c", "8", "-a", "2", "-w", "24", "-n", "0.002", "-o", str(path)]
+    tool = "ismrmrd_generate_cartesian_shepp_logan"
+    subprocess.run([tool, *args], check=True, capture_output=True, cwd=tmp_path)
     with h5py.File(path, "r") as f:
         ci = f["dataset/coil_images"][0]
     coil_images = ci["real"] + 1j * ci["imag"]  # (coil, y, 2x): readout-oversampled FOV

@@ -164,3 +164,14 @@ def test_parse_overrides() -> None:
     }
     with pytest.raises(ValueError, match="gadget.param=value"):
         parse_overrides(["enabled=false"])
+
+
+def test_chain_for_header_follows_the_trajectory() -> None:
+    from gadgets.chain import chain_for_header
+    from gadgets.synthetic import make_header
+
+    expected = {"cartesian": "cartesian", "epi": "epi", "radial": "radial", "goldenangle": "radial"}
+    for trajectory, chain in {**expected, "spiral": "spiral"}.items():
+        assert chain_for_header(make_header((8, 8), trajectory=trajectory)) == chain
+    with pytest.raises(ValueError, match="no shipped chain for trajectory 'other'"):
+        chain_for_header(make_header((8, 8), trajectory="other"))

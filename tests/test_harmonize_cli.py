@@ -102,6 +102,7 @@ def test_cli_errors_are_one_sentence(study_dir, capsys):
 
 def test_gadget_output_on_a_stream_equals_apply():
     """The harmonize gadget in the real chain gives what `apply_profile` gives on the unharmonized image."""
+    import ismrmrd
     import torch
 
     from gadgets import load_chain, run_chain
@@ -115,9 +116,12 @@ def test_gadget_output_on_a_stream_equals_apply():
     hdr = with_site(built.header, site)
     acqs = list(simulate(built.seq, ph, site, header=hdr, isochromats_per_voxel=1, seed=0))
     plain = run_chain(load_chain("cartesian", overrides={"harmonize": {"enabled": False}}), hdr, acqs)
-    harm = run_chain(load_chain("cartesian", overrides={"harmonize": {"profile": "default"}}), hdr, acqs)
+    chain = load_chain("cartesian", overrides={"harmonize": {"profile": "default", "keep_original": False}})
+    harm = run_chain(chain, hdr, acqs)
     prof = load_profile("default")
     assert len(plain) == len(harm) == 1
     expected = apply_profile(prof, np.abs(np.asarray(plain[0].data))[0])
     np.testing.assert_allclose(np.asarray(harm[0].data)[0], expected, rtol=1e-5, atol=1e-5)
-    assert harm[0].meta["unisono.harmonization_sha256"] == prof.sha256
+    meta = ismrmrd.Meta.deserialize(harm[0].attribute_string)
+    assert meta["unisono.harmonization"] == "default"
+    assert meta["unisono.harmonization_sha256"] == prof.sha256

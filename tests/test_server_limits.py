@@ -43,7 +43,7 @@ def test_serve_flags_build_limits_and_help_shows_the_real_defaults() -> None:
     parser = build_parser()
     args = parser.parse_args(
         "serve --max-message-mb 2 --max-text-mb 0.5 --max-connections 3 --idle-timeout 7 "
-        "--message-timeout 9 --queue-size 5 --shutdown-grace 11 --strict-counters".split()
+        "--message-timeout 9 --queue-size 5 --shutdown-grace 11 --max-voxels 4096 --strict-counters".split()
     )
     assert limits_from_args(args) == ServerLimits(
         max_message_bytes=2 * MIB,
@@ -53,6 +53,7 @@ def test_serve_flags_build_limits_and_help_shows_the_real_defaults() -> None:
         message_timeout_s=9,
         max_queue_items=5,
         shutdown_grace_s=11,
+        max_encoded_voxels=4096,
         strict_counters=True,
     )
     assert limits_from_args(parser.parse_args(["serve"])) == ServerLimits()
@@ -73,6 +74,7 @@ def test_serve_flags_build_limits_and_help_shows_the_real_defaults() -> None:
         "message_timeout": d.message_timeout_s,
         "queue_size": d.max_queue_items,
         "shutdown_grace": d.shutdown_grace_s,
+        "max_voxels": d.max_encoded_voxels,
     }
     for dest, value in expected.items():
         shown = float(re.search(r"\(([\d.]+)\)$", helps[dest]).group(1))
@@ -206,3 +208,24 @@ def test_client_that_stops_reading_is_ended_by_the_send_timeout(tmp_path: Path) 
         t.join(5)
     # what arrived before the cut is on disk
     assert len(server.raw_files) == 1 and len(read_raw(server.raw_files[0])[1]) > 0
+
+
+def test_header_announcing_a_huge_matrix_is_refused_before_any_allocation(tmp_path: Path) -> None:
+    header, acqs = scan_data(measurement_id="huge")  # 64 x 32 x 1 encoded
+    with MRDServer(port=0, raw_dir=tmp_path, limits=ServerLimits(max_encoded_voxels=1024)) as server:
+        r = run_plan(server.port, valid_plan("huge", chain="passthrough"))
+    assert r.errors == [
+        "header encoding[0].encodedSpace.matrixSize 64x32x1 is 2048 voxels; the limit is 1024 (--max-voxels)"
+    ]
+    assert server.raw_files == []  # the header never arrived intact: nothing to convert
+
+
+def test_scan_is_refused_with_a_reason_when_raw_data_cannot_be_recorded(tmp_path: Path) -> None:
+    raw_dir = tmp_path / "raw"
+    with MRDServer(port=0, raw_dir=raw_dir) as server:
+        raw_dir.rmdir()
+        raw_dir.write_text("not a folder any more")  # every open() below it now fails
+        r = run_plan(server.port, valid_plan("nowhere", chain="passthrough"))
+        assert len(r.errors) == 1 and r.errors[0].startswith("cannot record raw data (")
+        assert r.errors[0].endswith("the scan is refused") and r.closed
+        assert not [i for i in r.items if isinstance(i, ismrmrd.Acquisition)]  # nothing was processed

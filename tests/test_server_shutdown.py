@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from ismrmrd.serialization import ConfigFile
 
-from gadgets import read_raw
+from gadgets import MRDServer, read_raw
 from gadgets.faults import ClientPlan, encode, run_plan, scan_data
+from gadgets.limits import ServerLimits
 
 
 def start_serve(raw_dir: Path, *extra: str) -> tuple[subprocess.Popen, int]:
@@ -79,36 +80,7 @@ def wait_connected(port: int) -> None:
     time.sleep(0.5)  # the held client has sent its first readouts (the server records as they arrive)
 
 
-def test_sigterm_stops_accepting_ends_in_flight_cleanly_and_flushes_raw(tmp_path: Path) -> None:
-    proc, port = start_serve(tmp_path / "raw", "--shutdown-grace", "1.5")
-    try:
-        t, box = held_scan(port, "held", n_first=7)
-        wait_connected(port)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        # no longer accepting
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        t.join(30)
-        result = box["result"]
-        # the in-flight scan was ended after the grace, with a clear error and a close message
-        assert result.errors == ["the server is shutting down; the data received so far are saved"]
-        assert result.closed
-        assert proc.wait(timeout=30) == 0
-        assert time.monotonic() - t0 < 15
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    out = proc.stdout.read()
-    assert "SIGTERM: stopping; 1 connection(s) in flight" in out
-    assert "stopped; 1 raw file(s) recorded" in out
-    assert "the server is shutting down" in proc.stderr.read()
-    assert raw_counts(tmp_path / "raw") == {"held": 7}
-    assert not list((tmp_path / "raw").glob("*.mrd"))  # every stream file became HDF5
-
-
-def test_sigint_lets_a_scan_finish_and_a_second_signal_ends_the_rest(tmp_path: Path) -> None:
+def test_sigterm_stops_accepting_lets_a_scan_finish_and_sigint_ends_the_rest(tmp_path: Path) -> None:
     proc, port = start_serve(tmp_path / "raw", "--shutdown-grace", "60")
     header, acqs = scan_data(measurement_id="finishing")
     try:
@@ -116,19 +88,42 @@ def test_sigint_lets_a_scan_finish_and_a_second_signal_ends_the_rest(tmp_path: P
         finishing, fbox = held_scan(port, "finishing", n_first=10, then=rest)
         held, hbox = held_scan(port, "held", n_first=5)
         wait_connected(port)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        # no longer accepting
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
         finishing.join(30)
         # the scan in flight during the grace completes normally: images, no error
         assert not fbox["result"].errors and fbox["result"].closed
         assert len(fbox["result"].images) == 2
         assert held.is_alive() and proc.poll() is None  # the grace (60 s) is still running
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)  # second signal: end the rest now
+        proc.send_signal(signal.SIGINT)  # a second signal ends the rest now, cleanly
         held.join(30)
         assert hbox["result"].errors == ["the server is shutting down; the data received so far are saved"]
+        assert hbox["result"].closed
         assert proc.wait(timeout=30) == 0
         assert time.monotonic() - t0 < 10
     finally:
         if proc.poll() is None:
             proc.kill()
+    out = proc.stdout.read()
+    assert "SIGTERM: stopping; 2 connection(s) in flight" in out
+    assert "stopped; 2 raw file(s) recorded" in out
+    assert "the server is shutting down" in proc.stderr.read()
     assert raw_counts(tmp_path / "raw") == {"finishing": len(acqs), "held": 5}
+    assert not list((tmp_path / "raw").glob("*.mrd"))  # every stream file became HDF5
+
+
+def test_connections_still_open_after_the_grace_are_ended_and_flushed(tmp_path: Path) -> None:
+    server = MRDServer(port=0, raw_dir=tmp_path, limits=ServerLimits(shutdown_grace_s=0.3)).start()
+    held, box = held_scan(server.port, "held", n_first=6)
+    wait_connected(server.port)
+    t0 = time.monotonic()
+    server.stop()
+    assert time.monotonic() - t0 < 5
+    held.join(10)
+    assert box["result"].errors == ["the server is shutting down; the data received so far are saved"]
+    assert box["result"].closed
+    assert raw_counts(tmp_path) == {"held": 6}

@@ -222,7 +222,7 @@ def test_fuzz_random_bytes(data: bytes) -> None:
     _check_reader_contract(data)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(st.integers(0, len(_VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8),
     st.integers(0, len(_VALID)),
@@ -234,8 +234,32 @@ def test_fuzz_mutated_valid_stream(flips: list[tuple[int, int]], cut: int) -> No
     _check_reader_contract(bytes(data[:cut]))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([1, 2, 3, 5, 1008, 1022, 1026, 1030]), st.binary(max_size=600))
 def test_fuzz_known_ids_with_random_bodies(mid: int, body: bytes) -> None:
     prefix = encode(ConfigFile("c"), HEADER) if mid in (1008, 1022, 1026, 1030) else b""
     _check_reader_contract(prefix + struct.pack("<H", mid) + body)
+
+
+class _FullDisk(io.RawIOBase):
+    """A raw-data file on a disk that filled up after ``room`` bytes."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes) -> int:
+        if len(b) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(b)
+        return len(b)
+
+
+def test_a_failing_raw_recording_ends_the_stream_with_a_named_error() -> None:
+    data = encode(ConfigFile("c"), HEADER, *ACQS, close=True)
+    with pytest.raises(WireError) as info:
+        list(MessageReader(io.BytesIO(data), LIMITS, record=_FullDisk(room=5000)))
+    assert info.value.kind == "recording"
+    assert "recording the raw data failed: [Errno 28] No space left on device" in str(info.value)

@@ -40,7 +40,7 @@ def test_every_example_file_simulates(path):
     adc_sizes = [int(seq.get_block(i).adc.num_samples) for i, ev in seq.block_events.items() if ev[5]]
     site = load_site("siteA")
     ph = shepp_logan_phantom(matrix=16, fov_m=0.24)
-    acqs = list(simulate(seq, ph, site, isochromats_per_voxel=1))
+    acqs = list(simulate(seq, ph, site, isochromats_per_voxel=1, spins_per_isochromat=1))
     assert [a.data.shape for a in acqs] == [(site.n_coils, n) for n in adc_sizes]
     assert all(np.isfinite(a.data).all() for a in acqs)
     assert acqs[-1].is_flag_set(ismrmrd.ACQ_LAST_IN_MEASUREMENT)

@@ -56,10 +56,14 @@ class ScannerFeedback:
         arrival_s: ``time.perf_counter()`` at each arrival (same order).
         sent_s: scan_counter -> ``perf_counter()`` just after that readout was handed to the socket.
         errors: texts that claimed to be feedback but failed validation.
+        update_at: per block, whether a new pose may take effect there (see :func:`excitation_blocks`).
     """
 
-    def __init__(self, apply: bool) -> None:
+    def __init__(self, apply: bool, update_at: list[bool] | None = None) -> None:
         self.apply = apply
+        #: per block (in playing order): may a new pose take effect there? None = every block
+        self.update_at = update_at
+        self._block = 0
         self.received: list[Any] = []
         self.arrival_s: list[float] = []
         self.sent_s: dict[int, float] = {}
@@ -91,8 +95,13 @@ class ScannerFeedback:
         """The pose for the next block (``simulator.motion.RigidTransform``), or None before any feedback."""
         from simulator.motion import RigidTransform
 
-        with self._lock:
-            self._applied = self._latest
+        j = self._block
+        self._block += 1
+        # a scanner switches pose before an excitation, never between an excitation and its
+        # readout: that would give one echo the RF phase of one pose and the receiver's of another
+        if self.update_at is None or (j < len(self.update_at) and self.update_at[j]):
+            with self._lock:
+                self._applied = self._latest
         if self._applied is None:
             return None
         return RigidTransform(self._applied.translation_mm, self._applied.rotation_deg)
@@ -125,6 +134,11 @@ class ScannerFeedback:
         return np.asarray(out, dtype=np.float64)
 
 
+def excitation_blocks(seq) -> list[bool]:
+    """Per block of a pypulseq sequence (playing order): True where it holds an RF pulse."""
+    return [int(ids[1]) != 0 for ids in seq.block_events.values()]
+
+
 def parse_server(address: str) -> tuple[str, int]:
     """``HOST:PORT`` -> (host, port), with one clear error for anything else."""
     host, sep, port = address.rpartition(":")
@@ -154,8 +168,22 @@ def make_phantom(kind: str, built, site, subject: int):
     raise ValueError(f"--phantom must be brain, shepp-logan or an .h5 phantom file, got {kind!r}")
 
 
-def run_scan(request: ScanRequest, print_fn: Callable[[str], None] = print) -> dict:
-    """Build, simulate while streaming, collect the images; returns (and writes) ``scan.json``."""
+def run_scan(
+    request: ScanRequest,
+    print_fn: Callable[[str], None] = print,
+    motion_trajectory: Any = None,
+    feedback_channel: ScannerFeedback | None = None,
+) -> dict:
+    """Build, simulate while streaming, collect the images; returns (and writes) ``scan.json``.
+
+    Args:
+        request: what to scan.
+        print_fn: progress lines.
+        motion_trajectory: a :class:`simulator.motion.MotionTrajectory` used instead of
+            ``request.motion`` (library callers such as the motion benchmark).
+        feedback_channel: the :class:`ScannerFeedback` to use (a fresh one when None), so a
+            caller can read every feedback message and its timing afterwards.
+    """
     import gadgets
     import sequences
     import simulator
@@ -172,13 +200,17 @@ def run_scan(request: ScanRequest, print_fn: Callable[[str], None] = print) -> d
     phantom = make_phantom(request.phantom, built, site, request.subject)
     duration_s = float(built.seq.duration()[0])
     motion = parse_motion(request.motion, duration_s) if request.motion else None
+    if motion_trajectory is not None:
+        motion = motion_trajectory
     print_fn(
         f"scanning {request.protocol} ({duration_s:.1f} s of sequence) on {site.name} "
         f"({site.field_T:g} T, {site.n_coils} coils){' in real time' if request.realtime else ''}"
     )
 
     stats: dict = {}
-    fb_channel = ScannerFeedback(apply=request.feedback)
+    fb_channel = feedback_channel or ScannerFeedback(apply=request.feedback)
+    fb_channel.apply = request.feedback
+    fb_channel.update_at = excitation_blocks(built.seq)
     acquisitions = simulator.simulate(
         built.seq,
         phantom,

@@ -19,10 +19,11 @@ from typing import Any
 
 log = logging.getLogger("unisono.harmonize")
 
-#: sequence parameters the study uses on top of the protocol defaults: a T1-weighted
-#: spoiled GRE (30° at TR 20 ms puts WM > GM > CSF at 1.5 T and 3 T) with enough dummy
-#: TRs to reach the steady state (T1* ≈ 6 TRs at 30°) so k-space is not modulated
-STUDY_SEQUENCE_DEFAULTS = {"flip_angle": 30.0, "dummy_scans": 40}
+#: sequence parameters the study uses on top of the protocol defaults (TR in ms, flip in
+#: degrees): a FLASH-like T1-weighted spoiled GRE (70° at TR 100 ms; CSF about a third of
+#: parenchyma) with enough dummy TRs for the steady state (T1* < 2 TRs at 70°), so that
+#: the approach to steady state does not modulate k-space into phase-direction ghosts
+STUDY_SEQUENCE_DEFAULTS = {"flip_angle": 70.0, "TR": 100.0, "dummy_scans": 40}
 
 
 def _int_list(text: str) -> list[int]:

@@ -12,7 +12,10 @@ log = logging.getLogger("unisono.recon")
 def add_chain_options(p: argparse.ArgumentParser) -> None:
     """--chain and --set, shared by recon and send."""
     p.add_argument(
-        "--chain", default="cartesian", help="shipped chain name or chain TOML file (default: cartesian)"
+        "--chain",
+        default="auto",
+        help="shipped chain name, chain TOML file, or auto (default: by the header's trajectory: "
+        "cartesian, epi, radial, spiral)",
     )
     p.add_argument(
         "--set",
@@ -66,14 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import sys
 
-    from gadgets.chain import load_chain, parse_overrides
+    from gadgets.chain import chain_for_header, load_chain, parse_overrides
     from gadgets.mrdfile import read_raw
     from gadgets.runtime import ChainError, run_chain
 
-    chain = load_chain(args.chain, overrides=parse_overrides(args.set))
     t0 = time.perf_counter()
     header, acqs = read_raw(args.raw)
     t1 = time.perf_counter()
+    name = chain_for_header(header) if args.chain == "auto" else args.chain
+    chain = load_chain(name, overrides=parse_overrides(args.set))
     try:
         images = run_chain(chain, header, acqs, device=args.device)
     except ChainError as exc:

@@ -18,7 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="MRD image file to write")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9002)
-    p.add_argument("--chain", default="cartesian", help="chain (config file) name the server should run")
+    p.add_argument(
+        "--chain",
+        default="auto",
+        help="chain (config file) name the server should run; auto: by the header's trajectory",
+    )
     p.add_argument("--chain-file", help="send this chain TOML as config text instead of a name")
     add_export_options(p)
     p.set_defaults(handler=_run)
@@ -35,10 +39,15 @@ def _run(args: argparse.Namespace) -> int:
 
     chain_text = Path(args.chain_file).read_text(encoding="utf-8") if args.chain_file else None
     header, acqs = read_raw(args.raw)
+    chain = args.chain
+    if chain == "auto" and chain_text is None:
+        from gadgets.chain import chain_for_header
+
+        chain = chain_for_header(header)
     nbytes = sum(a.data.nbytes for a in acqs)
     t0 = time.perf_counter()
     try:
-        items = send_stream(header, acqs, args.host, args.port, chain=args.chain, chain_text=chain_text)
+        items = send_stream(header, acqs, args.host, args.port, chain=chain, chain_text=chain_text)
     except (RemoteChainError, ConnectionError) as exc:
         print(f"unisono send: error: {exc}", file=sys.stderr)
         return 1

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--shutdown-grace", type=float, help="seconds in-flight connections get on SIGTERM/SIGINT (30)"
     )
     lim.add_argument(
+        "--max-voxels", type=int, help="largest encoded matrix (x*y*z) a header may announce (268435456)"
+    )
+    lim.add_argument(
         "--strict-counters",
         action="store_true",
         help="reject acquisitions whose encoding counters are outside the header's encodingLimits",
@@ -67,6 +70,7 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
         message_timeout_s=pick(args.message_timeout, d.message_timeout_s),
         max_queue_items=pick(args.queue_size, d.max_queue_items),
         shutdown_grace_s=pick(args.shutdown_grace, d.shutdown_grace_s),
+        max_encoded_voxels=pick(args.max_voxels, d.max_encoded_voxels),
         strict_counters=bool(args.strict_counters),
     )
 
