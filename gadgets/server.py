@@ -14,6 +14,10 @@ server never imports a module a client names.
 Failures: if the chain fails, the server keeps reading (and recording) the
 client's data to the end, sends one text message starting with
 ``unisono error:`` and closes normally; other connections are unaffected.
+
+Input is read by :class:`gadgets.wire.MessageReader` under
+:class:`gadgets.limits.ServerLimits` (sizes, timeouts, connection count,
+queue bound, shutdown grace); docs/server.md lists every fault and its answer.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: text messages starting with this report a failed chain to the client
 ERROR_PREFIX = "unisono error: "
+#: what connections still open at the end of the shutdown grace are told
+SHUTDOWN_TEXT = "the server is shutting down; the data received so far are saved"
 
 _SENDABLE = (ismrmrd.Image, ismrmrd.Acquisition, ismrmrd.Waveform, str)
 
@@ -108,6 +114,7 @@ def handle_stream(
 
     chain: Chain | None = None
     config_error: str | None = None
+    finished = threading.Event()  # this connection's chain is done (ends its shutdown watcher)
     rc: RunningChain | None = None
     header_seen = False
     sender: threading.Thread | None = None
@@ -161,6 +168,10 @@ def handle_stream(
                         continue
                     sender = threading.Thread(target=pump, args=(rc,), name=f"{label}-send", daemon=True)
                     sender.start()
+                    if stop is not None:
+                        threading.Thread(
+                            target=_abort_on_stop, args=(rc, stop, finished, report), daemon=True
+                        ).start()
             elif isinstance(msg, ismrmrd.Acquisition | ismrmrd.Waveform):
                 if rc is not None and rc.error is None:
                     try:
@@ -203,6 +214,7 @@ def handle_stream(
                 pass
         if sender is not None:
             sender.join()
+    finished.set()
     try:
         with send_lock:
             ser.close()  # CLOSE (4) and flush
@@ -453,6 +465,15 @@ class MRDServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _abort_on_stop(rc: RunningChain, stop: threading.Event, finished: threading.Event, report: Any) -> None:
+    """Abort ``rc`` when the server stops, even if the reader is no longer reading (chain busy or stuck)."""
+    while not finished.wait(0.25):
+        if stop.is_set():
+            report(SHUTDOWN_TEXT)
+            rc.abort(SHUTDOWN_TEXT)
+            return
 
 
 def _send_error(wfile: BinaryIO, text: str) -> None:

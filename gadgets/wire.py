@@ -566,6 +566,10 @@ class MessageReader:
             with contextlib.suppress(OSError):
                 self.record.write(struct.pack("<H", 4))
             self.counts[4] = 0  # marks the recording as closed without counting a received close
+        if self.record is not None:
+            # on disk now, whatever the chain does next (it may be slow, stuck or killed)
+            with contextlib.suppress(OSError):
+                self.record.flush()
 
     def deserialize(self) -> Iterator[Any]:
         """Same as iterating (the name ``ProtocolDeserializer`` uses)."""

@@ -103,7 +103,9 @@ def test_feedback_latency_is_measured_per_message(scans):
 
 
 def test_scan_command_rejects_a_bad_feedback_value(tmp_path, capsys):
-    assert main(["scan", "gre2d", "--site", "siteA", "--feedback", "maybe", "-o", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["scan", "gre2d", "--site", "siteA", "--feedback", "maybe", "-o", str(tmp_path)])
+    assert exc.value.code == 2
     assert "--feedback" in capsys.readouterr().err
 
 

@@ -127,3 +127,38 @@ def test_connections_still_open_after_the_grace_are_ended_and_flushed(tmp_path: 
     assert box["result"].errors == ["the server is shutting down; the data received so far are saved"]
     assert box["result"].closed
     assert raw_counts(tmp_path) == {"held": 6}
+
+
+def stuck_gadget(connection, *, seconds: float = 4.0) -> None:
+    """A trusted test gadget that hangs on its first item (a chain that never finishes)."""
+    for _item in connection:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.05)
+
+
+def test_a_stuck_chain_does_not_stop_the_shutdown_and_its_raw_data_are_saved(tmp_path: Path) -> None:
+    chains = tmp_path / "chains"
+    chains.mkdir()
+    (chains / "stuck.toml").write_text(
+        f'name = "stuck"\n[[gadget]]\nname = "stuck"\nmodule = "{__name__}"\ntarget = "stuck_gadget"\n'
+    )
+    header, acqs = scan_data(measurement_id="stuck")
+    plan = ClientPlan(
+        "stuck", (("send", encode(ConfigFile("stuck"), header, *acqs, close=True)),), None, None
+    )
+    server = MRDServer(
+        port=0, raw_dir=tmp_path / "raw", chains_dir=chains, limits=ServerLimits(shutdown_grace_s=0.2)
+    )
+    server.start()
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", run_plan(server.port, plan, timeout_s=30)))
+    t.start()
+    time.sleep(0.5)  # everything sent; the chain hangs on the first readout
+    t0 = time.monotonic()
+    server.stop()
+    t.join(10)
+    assert time.monotonic() - t0 < 3  # not the 4 s the gadget hangs for
+    assert box["r"].errors == ["the server is shutting down; the data received so far are saved"]
+    assert box["r"].closed
+    assert raw_counts(tmp_path / "raw") == {"stuck": len(acqs)}

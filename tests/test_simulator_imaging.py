@@ -226,3 +226,16 @@ def test_sites_differ_and_are_deterministic():
     np.testing.assert_allclose(np.sqrt((np.abs(ifft2c(again)) ** 2).sum(0)), images["siteC"], rtol=1e-5)
     a, b, c = (images[s] / images[s].mean() for s in ("siteA", "siteB", "siteC"))
     assert np.abs(a - b).mean() > 0.1 and np.abs(a - c).mean() > 0.1 and np.abs(b - c).mean() > 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    n, fov = 32, 0.22
+    ph = shepp_logan_phantom(matrix=n, fov_m=fov)
+    seq = cartesian_gre(n, fov, 0.005, tr=0.02, te=0.006, flip_deg=20)
+    site = load_site("siteB")
+    cpu = [a.data for a in simulate(seq, ph, site, device="cpu", seed=5)]
+    gpu = [a.data for a in simulate(seq, ph, site, device="cuda", seed=5)]
+    scale = max(np.abs(c).max() for c in cpu)
+    assert max(np.abs(c - g).max() for c, g in zip(cpu, gpu, strict=True)) < 1e-3 * scale

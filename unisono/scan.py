@@ -54,7 +54,7 @@ class ScannerFeedback:
         apply: hand decoded poses to the scanner (feedback on) or only count them (off).
         received: every decoded :class:`gadgets.feedback.MotionFeedback`, in arrival order.
         arrival_s: ``time.perf_counter()`` at each arrival (same order).
-        sent_s: scan_counter -> ``perf_counter()`` just after that readout was handed to the socket.
+        sent_s: scan_counter -> ``perf_counter()`` when that readout was handed to the MRD client.
         errors: texts that claimed to be feedback but failed validation.
         update_at: per block, whether a new pose may take effect there (see :func:`excitation_blocks`).
     """
@@ -116,12 +116,13 @@ class ScannerFeedback:
                 tag_applied_pose(acq, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 0)
             else:
                 tag_applied_pose(acq, fb.translation_mm, fb.rotation_deg, fb.seq + 1)
-            yield acq
-            # back here once the client has serialized (and flushed) it
+            # stamped as it is handed to the client (before serialization and flush), so the
+            # round trip is an upper bound and never misses a fast reply
             self.sent_s[int(acq.scan_counter)] = time.perf_counter()
+            yield acq
 
     def round_trip_ms(self) -> np.ndarray:
-        """Per feedback: readout handed to the socket -> feedback decoded at the client (ms).
+        """Per feedback: readout handed to the MRD client -> feedback decoded at the client (ms).
 
         An upper bound of the server-side latency (navigator arriving -> feedback leaving):
         it adds the loopback transfer both ways and the client's decode.

@@ -398,7 +398,7 @@ def _plots(result: dict, study, folder: Path) -> list[Path]:
     plt.close(fig)
     written.append(p)
     # image grid: rows subjects x methods, columns sites (middle slice)
-    show = subjects[:3]
+    show = subjects[:2]
     fig, axes = plt.subplots(
         len(show) * len(methods),
         len(sites),
@@ -422,7 +422,7 @@ def _plots(result: dict, study, folder: Path) -> list[Path]:
                     ax.set_title(sites[k], fontsize=8)
     fig.tight_layout()
     p = folder / "grid.png"
-    fig.savefig(p, dpi=110)
+    fig.savefig(p, dpi=70)
     plt.close(fig)
     written.append(p)
     return written
