@@ -244,6 +244,13 @@ def _huge_matrix(mid: str, opts: dict[str, Any]) -> ClientPlan:
     )
 
 
+def _second_config(mid: str, opts: dict[str, Any]) -> ClientPlan:
+    header, acqs = scan_data(measurement_id=mid)
+    items = [ConfigFile("passthrough"), header, *acqs[:_N_OK], ConfigFile("cartesian"), *acqs[_N_OK:]]
+    data = encode(*items, close=True)
+    return ClientPlan("second-config", (("send", data),), "a second config message", len(acqs), mid)
+
+
 def _second_header(mid: str, opts: dict[str, Any]) -> ClientPlan:
     header, acqs = scan_data(measurement_id=mid)
     data = encode(ConfigFile("passthrough"), header, *acqs[:_N_OK], header)
@@ -335,6 +342,7 @@ FAULTS: dict[str, Callable[[str, dict[str, Any]], ClientPlan]] = {
     "header-first": _header_first,
     "huge-matrix": _huge_matrix,
     "second-header": _second_header,
+    "second-config": _second_config,
     "inconsistent": _inconsistent,
     "unknown-chain": _unknown_chain,
     "chain-path": _path_traversal_chain,

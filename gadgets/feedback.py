@@ -130,7 +130,8 @@ class MotionFeedback:
             )
         if self.reference_time_s is not None and not _finite_number(self.reference_time_s):
             raise FeedbackError(
-                f"feedback field 'reference_time_s' must be a finite number of seconds, got {self.reference_time_s!r}"
+                "feedback field 'reference_time_s' must be a finite number of seconds, "
+                f"got {self.reference_time_s!r}"
             )
         if not isinstance(self.method, str) or not self.method:
             raise FeedbackError(f"feedback field 'method' must be a non-empty string, got {self.method!r}")

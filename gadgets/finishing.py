@@ -55,7 +55,9 @@ def image_finish(
     """Turn every :class:`ImageBuffer` into an ``ismrmrd.Image``.
 
     Params:
-        output: ``magnitude`` (float32) or ``complex`` (complex64).
+        output: ``magnitude`` (float32) or ``complex`` (complex64). Real-valued input (coil-
+            combined RSS, harmonized intensities) is kept as it is; harmonized images are
+            typed ``IMTYPE_REAL`` because their intensities are signed.
         scale: multiplies the intensities.
         series_index: ``image_series_index`` of the images (an upstream gadget may shift
             it with the meta ``unisono.series_offset``, e.g. the harmonizer's original
@@ -71,9 +73,15 @@ def image_finish(
             connection.send(item)
             continue
         data = item.data * scale
-        if output == "magnitude":
-            arr = data.abs().to(torch.float32) if data.is_complex() else data.to(torch.float32)
+        if output == "magnitude" and data.is_complex():
+            arr = data.abs().to(torch.float32)
             image_type = ismrmrd.IMTYPE_MAGNITUDE
+        elif output == "magnitude":
+            # already real (e.g. harmonized intensities, which are signed: z-scores, WhiteStripe
+            # units): taking abs() would fold negative values up and invert the contrast
+            arr = data.to(torch.float32)
+            signed = "unisono.harmonization" in item.meta
+            image_type = ismrmrd.IMTYPE_REAL if signed else ismrmrd.IMTYPE_MAGNITUDE
         else:
             arr = data.to(torch.complex64)
             image_type = ismrmrd.IMTYPE_COMPLEX

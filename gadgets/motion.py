@@ -1,4 +1,4 @@
-"""Motion estimation gadget: rigid head pose from navigators (or low-resolution images), sent back as feedback.
+"""Motion estimation gadget: rigid head pose from navigators or low-resolution images, fed back.
 
 A thin adapter over :mod:`recon.registration`: it picks the navigator readouts
 (``ACQ_IS_NAVIGATION_DATA``, ``SEG`` = axis: 0 = x projection, 1 = y) out of
@@ -29,7 +29,14 @@ import ismrmrd
 import numpy as np
 import torch
 
-from gadgets.feedback import MotionFeedback, angles_from_matrix, applied_pose, compose, encode, rotation_matrix
+from gadgets.feedback import (
+    MotionFeedback,
+    angles_from_matrix,
+    applied_pose,
+    compose,
+    encode,
+    rotation_matrix,
+)
 from recon.fft import ifftnc
 from recon.registration import projection_shift, register_rigid
 
@@ -68,8 +75,8 @@ def motion_estimation(
     min_interval_s: float = 0.0,
     reference_pair: int = 1,
     band: float = 0.25,
-    min_change_mm: float = 0.5,
-    min_change_deg: float = 0.5,
+    min_change_mm: float = 0.0,
+    min_change_deg: float = 0.0,
 ) -> None:
     """Estimate rigid motion in the stream and send :mod:`gadgets.feedback` messages back.
 
@@ -85,15 +92,15 @@ def motion_estimation(
         band: navigator method: k-space half-band used (fraction of the samples, see
             :func:`recon.registration.projection_shift`).
         min_change_mm, min_change_deg: send a new pose only when it differs from the last one
-            sent by more than this in some component (a dead band, as PMC systems use): every
-            update re-phases the RF and receiver, which disturbs magnetization pathways that
-            spoiling leaves coherent, so updates within the estimator noise (~0.2 mm) cost
-            image quality and buy nothing. 0 sends every estimate.
+            sent by more than this in some component (a dead band). 0 (default) sends every
+            estimate and leaves the dead band to the scanner, which knows what it runs with.
     """
     if method not in _METHODS:
         raise ValueError(f"motion gadget parameter 'method' must be one of {_METHODS}, got {method!r}")
     if not isinstance(reference_pair, int) or reference_pair < 0:
-        raise ValueError(f"motion gadget parameter 'reference_pair' must be an integer >= 0, got {reference_pair!r}")
+        raise ValueError(
+            f"motion gadget parameter 'reference_pair' must be an integer >= 0, got {reference_pair!r}"
+        )
     if not 0 < band <= 0.5:
         raise ValueError(f"motion gadget parameter 'band' must be in (0, 0.5], got {band!r}")
     if min_change_mm < 0 or min_change_deg < 0:
@@ -174,14 +181,17 @@ def motion_estimation(
                     est = register_rigid(img, reference_image[0], spacing)
                     head = compose(pose, (np.asarray(est.translation_mm), np.asarray(est.rotation_deg)))
                     observed = (True, True, False, False, False, True) if img.ndim == 2 else (True,) * 6
-                    send_estimate(item, head[0], head[1], observed, "image-registration", t_in, reference_image_s)
+                    send_estimate(
+                        item, head[0], head[1], observed, "image-registration", t_in, reference_image_s
+                    )
         connection.send(item)
 
 
 def _navigator_pair(
     state: _NavState, header: Any, reference_pair: int, band: float
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Head pose (translation mm, rotation deg) from the latest x/y navigator pair; None until the reference."""
+    """Head pose (translation mm, rotation deg) from the latest x/y navigator pair;
+    None until the reference exists."""
     nav_x, nav_y = state.latest[0], state.latest[1]
     state.latest.clear()
     state.pairs_seen += 1
@@ -217,7 +227,10 @@ def _navigator_pair(
 def _lowres_image(
     lines: dict[int, np.ndarray], header: Any, lowres_lines: int
 ) -> tuple[torch.Tensor, tuple[float, float]]:
-    """Magnitude (y, x) image from the central ``lowres_lines`` lines of one repetition, and its spacing (mm)."""
+    """Magnitude (y, x) image from the central ``lowres_lines`` lines of one repetition, and its spacing.
+
+    Returns (image, (dy, dx) mm).
+    """
     enc = header.encoding[0]
     ny = int(enc.encodedSpace.matrixSize.y)
     ncoil, nx = next(iter(lines.values())).shape

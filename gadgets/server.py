@@ -105,7 +105,7 @@ def handle_stream(
     def report(text: str) -> None:
         if not errors:
             errors.append(text)
-            log.error("%s: %s", label, text)
+            log.error("%s: %s", label, _printable(text))
             try:
                 send(ERROR_PREFIX + text)
                 wfile.flush()
@@ -186,12 +186,16 @@ def handle_stream(
                 if rc is not None:
                     rc.abort(msg.problem)
             elif isinstance(msg, str):
-                log.info("%s: client text: %s", label, msg[:200])
+                log.info("%s: client text: %s", label, _printable(msg[:200]))
             else:
                 log.warning("%s: ignoring message of type %s", label, type(msg).__name__)
     except Disconnected as exc:
-        # a half-closed client can still read the error; a vanished one costs a failed send
-        report(str(exc))
+        if not exc.mid_message and des.bytes_read == 0:
+            # a port probe or health check: nothing was sent, nothing is lost
+            log.info("%s: closed before sending anything", label)
+        else:
+            # a half-closed client can still read the error; a vanished one costs a failed send
+            report(str(exc))
         if rc is not None:
             rc.abort("client disconnected")
     except EOFError:
@@ -474,6 +478,11 @@ def _abort_on_stop(rc: RunningChain, stop: threading.Event, finished: threading.
             report(SHUTDOWN_TEXT)
             rc.abort(SHUTDOWN_TEXT)
             return
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so a client cannot forge log lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _send_error(wfile: BinaryIO, text: str) -> None:

@@ -270,6 +270,7 @@ class MessageReader:
         #: bytes of complete messages read (id included)
         self.bytes_read = 0
         self._warned_counters = False
+        self._record_closed = False
 
     # -- low-level reads ---------------------------------------------------------------------
     def _receive(self, view: memoryview) -> int:
@@ -562,10 +563,10 @@ class MessageReader:
         The recording then is a complete MRD v1 stream of every whole message received, which
         is what the HDF5 conversion reads; it is idempotent.
         """
-        if self.record is not None and not self.counts.get(4):
+        if self.record is not None and not self.counts.get(4) and not self._record_closed:
             with contextlib.suppress(OSError):
                 self.record.write(struct.pack("<H", 4))
-            self.counts[4] = 0  # marks the recording as closed without counting a received close
+        self._record_closed = True
         if self.record is not None:
             # on disk now, whatever the chain does next (it may be slow, stuck or killed)
             with contextlib.suppress(OSError):

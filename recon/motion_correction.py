@@ -22,7 +22,13 @@ import torch
 from recon import nufft
 from recon.cg import conjugate_gradient
 
-__all__ = ["cartesian_k", "undo_translation", "undo_translation_line", "rotated_coordinates", "reconstruct_rotated"]
+__all__ = [
+    "cartesian_k",
+    "undo_translation",
+    "undo_translation_line",
+    "rotated_coordinates",
+    "reconstruct_rotated",
+]
 
 
 def cartesian_k(ny: int, nx: int, fov_mm: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,11 @@ __all__ = ["RigidEstimate", "projection_shift", "register_rigid", "rotation_matr
 
 @dataclass(frozen=True)
 class RigidEstimate:
-    """A rigid pose: translation (tx, ty, tz) mm and rotation (rx, ry, rz) deg; cost = final mean squared residual."""
+    """A rigid pose: translation (tx, ty, tz) mm, rotation (rx, ry, rz) deg.
+
+    ``cost`` is the final mean squared residual (normalised intensities), ``iterations`` the
+    Gauss-Newton steps taken.
+    """
 
     translation_mm: tuple[float, float, float]
     rotation_deg: tuple[float, float, float]

@@ -26,7 +26,19 @@ FLAGS = ("NAV", "REV", "SMS", "REF", "IMA", "NOISE", "PMC", "NOROT", "NOPOS", "N
 
 #: block fields the simulator understands; triggers/outputs do not change the physics and soft
 #: delays run at the duration written in the file
-_KNOWN_BLOCK_FIELDS = {"block_duration", "rf", "gx", "gy", "gz", "adc", "label", "trig", "trigger", "output", "soft_delay"}
+_KNOWN_BLOCK_FIELDS = {
+    "block_duration",
+    "rf",
+    "gx",
+    "gy",
+    "gz",
+    "adc",
+    "label",
+    "trig",
+    "trigger",
+    "output",
+    "soft_delay",
+}
 
 
 class SequenceError(ValueError):

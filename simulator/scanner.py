@@ -298,6 +298,7 @@ def simulate(
     sens_pos = sens = None
     grad_cache: dict = {}
     k_abs = np.zeros(3)  # physical gradient moment since the start (cycles/m), for PMC phases
+    t_scan = time.perf_counter()  # the scan clock starts with the first block (realtime pacing)
     for i in seq.block_events:
         block = seq.get_block(i)
         apply_labels(block, int(i), state)
@@ -361,7 +362,7 @@ def simulate(
                 )
                 adc_i += 1
                 if realtime:
-                    lag = (t_block + ev.time_in_block + k * ev.dwell) - (time.perf_counter() - t_wall)
+                    lag = (t_block + ev.time_in_block + k * ev.dwell) - (time.perf_counter() - t_scan)
                     if lag > 0:
                         time.sleep(lag)
                 yield acq

@@ -40,18 +40,25 @@ def test_writes_every_output(demo):
     assert str(out.resolve()) in lines[-1]
 
 
-def test_image_correlates_with_proton_density(demo):
+def test_image_matches_the_closed_form_signal_of_the_phantom(demo):
+    """The reconstructed image follows PD · Ernst(T1, flip·B1+) · exp(-TE/T2*) · |receive field|.
+
+    PD alone is not the expectation: the demo is a T1-weighted GRE (CSF dark despite its high
+    PD) and an RSS image carries the receive array's shading; both are in the closed form.
+    """
     _, summary, _ = demo
     for site, result in summary["sites"].items():
-        assert result["correlation_with_pd_in_mask"] > 0.7, site
+        assert result["correlation_with_closed_form_in_mask"] > 0.85, site
 
 
 def test_sites_differ_and_harmonization_brings_them_closer(demo):
     _, summary, _ = demo
     inter = summary["inter_site"]
-    assert inter["raw"]["nrmse"] > 0.2  # the virtual sites really differ
-    assert inter["harmonized"]["nrmse"] < inter["raw"]["nrmse"]
-    assert inter["harmonized"]["nrmse"] < inter["raw_mean_scaled"]["nrmse"]
+    # the virtual sites really differ, beyond a global scale
+    assert inter["raw_mean_scaled"]["tissue_mean_spread"] > 0.05
+    assert inter["harmonized"]["ssim"] > inter["raw"]["ssim"]
+    assert inter["harmonized"]["relative_rms_difference"] < inter["raw"]["relative_rms_difference"]
+    assert inter["harmonized"]["tissue_mean_spread"] < inter["raw"]["tissue_mean_spread"]
 
 
 def test_raw_mrd_files_are_read_by_the_ismrmrd_cpp_tools(demo, tmp_path):

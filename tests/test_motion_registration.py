@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gadgets.feedback import angles_from_matrix, compose, rotation_matrix
+from recon.fft import fftnc, ifftnc
 from recon.motion_correction import (
     cartesian_k,
     reconstruct_rotated,
@@ -16,7 +17,6 @@ from recon.motion_correction import (
     undo_translation,
 )
 from recon.registration import projection_shift, register_rigid
-from recon.fft import fftnc, ifftnc
 
 # (centre x mm, centre y mm, width mm, amplitude): an asymmetric object, so rotations are visible
 BLOBS = [(-20.0, 10.0, 18.0, 1.0), (30.0, -20.0, 10.0, 0.7), (0.0, 40.0, 7.0, 0.5), (10.0, 0.0, 40.0, 0.3)]
@@ -73,7 +73,9 @@ def test_projection_shift_recovers_known_translation_noiseless(shift_mm):
 def test_projection_shift_at_realistic_snr_is_well_within_the_half_millimetre_goal():
     # noise 1 % of the k-space peak per sample and coil: k-centre SNR ~100, as for a navigator
     errors = [
-        projection_shift(navigator_line(t, noise=0.01, seed=s), navigator_line(0.0, noise=0.01, seed=s + 100), 3.4375)
+        projection_shift(
+            navigator_line(t, noise=0.01, seed=s), navigator_line(0.0, noise=0.01, seed=s + 100), 3.4375
+        )
         - t
         for s, t in enumerate(np.linspace(-5, 5, 9))
     ]
@@ -173,7 +175,9 @@ def test_reconstruct_rotated_undoes_per_line_rotations():
     # orthonormal scaling of recon.fft: image = ifftnc(k) with k sampled per pixel
     truth = ifftnc(blob_spectrum(kx_mm, ky_mm).to(torch.complex64), (-2, -1)).abs()
     naive = ifftnc(moved.to(torch.complex64), (-2, -1)).abs()
-    fixed = reconstruct_rotated(moved[None].to(torch.complex64), rotated_coordinates(n, n, rot), iterations=20)[0].abs()
+    fixed = reconstruct_rotated(
+        moved[None].to(torch.complex64), rotated_coordinates(n, n, rot), iterations=20
+    )[0].abs()
     err_naive = float((naive - truth).norm() / truth.norm())
     err_fixed = float((fixed - truth).norm() / truth.norm())
     assert err_fixed < 0.25 * err_naive

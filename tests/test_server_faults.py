@@ -139,3 +139,19 @@ def test_gadget_failure_reaches_client_and_log(server: MRDServer, caplog: pytest
     header, acqs = read_raw(raw_file_of(server, "gadget-raises-2"))
     assert acqs[5].idx.kspace_encode_step_1 == 500  # the offending readout is kept as sent
     assert sum(not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT) for a in acqs) == 32
+
+
+def test_a_probe_that_sends_nothing_is_not_an_error(
+    server: MRDServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import socket
+
+    caplog.set_level(logging.INFO, logger="gadgets.server")
+    socket.create_connection(("127.0.0.1", server.port)).close()
+    deadline = time.monotonic() + 10
+    while "closed before sending anything" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.02)
+    wait_idle(server)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "closed before sending anything" in caplog.text

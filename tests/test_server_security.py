@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -117,3 +118,20 @@ def test_no_client_name_or_path_reaches_imports_or_files(tmp_path: Path) -> None
     for path in server.raw_files:
         assert path.parent == raw_dir and ".." not in path.name
         assert read_raw(path)[0].measurementInformation.measurementID == "../../../escaped"
+
+
+def test_client_text_cannot_forge_log_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gadgets.server")
+    header, acqs = scan_data(measurement_id="log")
+    forged = "hello\nERROR gadgets.server: connection 99: forged"
+    chain = (
+        'name = "x"\n[[gadget]]\nname = "a\\nERROR forged"\ngadget = "PassThrough"\n[gadget.params]\nq = 1\n'
+    )
+    with MRDServer(port=0, raw_dir=None) as server:
+        data = encode(ConfigText(chain), header, forged, *acqs[:2], close=True)
+        r = run_plan(server.port, ClientPlan("log", (("send", data),), "", None))
+    assert r.errors and "has no parameter 'q'" in r.errors[0]
+    server_lines = [rec.getMessage() for rec in caplog.records if rec.name == "gadgets.server"]
+    assert server_lines and all("\n" not in line for line in server_lines)
+    assert any("hello\\nERROR gadgets.server" in line for line in server_lines)
+    assert any("a\\nERROR forged" in line for line in server_lines)

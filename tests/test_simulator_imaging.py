@@ -110,7 +110,9 @@ def test_cartesian_gre_of_shepp_logan_reconstructs_to_pd_image():
     te, tr = 0.006, 8.0  # long TR: proton-density weighting, so the image should be PD * e^(-TE/T2*)
     seq = cartesian_gre(n, fov, 0.005, tr=tr, te=te, flip_deg=90, noise=False)
     site = ideal()
-    img = np.abs(ifft2c(kspace(list(simulate(seq, ph, site, isochromats_per_voxel=4, spins_per_isochromat=2)), n)))[0]
+    img = np.abs(
+        ifft2c(kspace(list(simulate(seq, ph, site, isochromats_per_voxel=4, spins_per_isochromat=2)), n))
+    )[0]
     weight = ph.pd[0] * torch.exp(-te / ph.t2[0] - te / ph.t2prime[0])
     expected = weight.numpy() * site.field_T * math.prod(ph.voxel_size_m) * 1e9 * n  # ortho FFT gain
     corr = np.corrcoef(img.ravel(), expected.ravel())[0, 1]

@@ -89,3 +89,20 @@ def test_motion_file_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="rotations within"):
         MotionTrajectory([0.0], [[0, 0, 0]], [[0, 0, 90]])
     assert parse_motion("drift", 10.0).transform_at(10.0).translation_mm == (0.0, 2.0, 0.0)
+
+
+def test_realtime_streams_at_acquisition_pace():
+    import time
+
+    import pypulseq as pp
+
+    seq = pp.Sequence()
+    for _ in range(4):
+        seq.add_block(pp.make_adc(num_samples=16, dwell=1e-5), pp.make_delay(0.05))
+    ph = shepp_logan_phantom(matrix=8)
+    t0 = time.perf_counter()
+    arrivals = [time.perf_counter() - t0 for _ in simulate(seq, ph, ideal(), realtime=True)]
+    # the k-th acquisition cannot leave before its ADC has ended in sequence time
+    for k, t in enumerate(arrivals):
+        assert t >= k * 0.05 + 16e-5 - 1e-3
+    assert arrivals[-1] >= 0.15

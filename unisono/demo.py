@@ -37,6 +37,8 @@ class DemoConfig:
     matrix: int = 128
     subject: int = 0
     isochromats_per_voxel: int = 4
+    #: spins along z carrying each isochromat: enough of them make gradient spoiling physical
+    spins_per_isochromat: int = 16
     chain: str = "cartesian"
     device: str = "cpu"
     seed: int = 0
@@ -61,6 +63,7 @@ class SiteResult:
     pd: np.ndarray
     expected: np.ndarray
     mask: np.ndarray
+    tissue_maps: dict[str, np.ndarray]
     meta: dict[str, str]
     timings_s: dict[str, float]
 
@@ -108,7 +111,10 @@ def run_demo(config: DemoConfig, print_fn: Callable[[str], None] = print) -> dic
     from unisono.compare import compare_sites
 
     comparison = compare_sites(
-        [r.original for r in results], [r.harmonized for r in results], results[0].mask
+        [r.original for r in results],
+        [r.harmonized for r in results],
+        results[0].mask,
+        results[0].tissue_maps,
     )
     figure = out / "sites.png"
     _figure(results, comparison, figure)
@@ -150,8 +156,10 @@ def run_demo(config: DemoConfig, print_fn: Callable[[str], None] = print) -> dic
     _progress(
         print_fn,
         "4/4 compare",
-        f"inter-site NRMSE raw {comparison['raw']['nrmse']:.3f} -> harmonized "
-        f"{comparison['harmonized']['nrmse']:.3f}; figure {figure}",
+        f"inter-site SSIM raw {comparison['raw']['ssim']:.3f} -> harmonized "
+        f"{comparison['harmonized']['ssim']:.3f}, tissue-mean spread "
+        f"{comparison['raw']['tissue_mean_spread']:.3f} -> {comparison['harmonized']['tissue_mean_spread']:.3f}; "
+        f"figure {figure}",
     )
     print_fn(f"done in {timings['total']:.1f} s; outputs in {out.resolve()} (summary.json)")
     return summary
@@ -183,6 +191,7 @@ def _scan_site(config, built, seq_path, site_name, index, port, out, print_fn) -
             header=header,
             device=config.device,
             isochromats_per_voxel=config.isochromats_per_voxel,
+            spins_per_isochromat=config.spins_per_isochromat,
             seed=config.seed + index,
         )
     )
@@ -232,6 +241,7 @@ def _scan_site(config, built, seq_path, site_name, index, port, out, print_fn) -
             flip_deg=float(np.degrees(built.params["flip_angle"])),
         ).numpy(),
         mask=phantom.brain_mask.cpu().numpy(),
+        tissue_maps={k: v.cpu().numpy() for k, v in phantom.tissue_maps.items()},
         meta=meta,
         timings_s=timings,
     )
@@ -254,8 +264,15 @@ def _split_series(images) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
         if not by_series[name]:
             raise RuntimeError(f"the chain returned no {name} images")
         ordered = sorted(by_series[name], key=lambda im: im.slice)
-        stacks.append(np.concatenate([np.abs(np.asarray(im.data))[0] for im in ordered], axis=0))
+        stacks.append(np.concatenate([_real(im) for im in ordered], axis=0))
     return stacks[0], stacks[1], {k: str(v) for k, v in meta.items()}
+
+
+def _real(image) -> np.ndarray:
+    """(z, y, x) intensities of an MRD image: magnitude of complex data, real data as they are
+    (harmonized intensities are signed; abs() would invert their contrast)."""
+    data = np.asarray(image.data)[0]
+    return np.abs(data) if np.iscomplexobj(data) else data.astype(np.float32)
 
 
 def _correlation(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
@@ -272,6 +289,7 @@ def _threads() -> dict[str, object]:
 
 
 def _figure(results: list[SiteResult], comparison: dict, path: Path) -> None:
+    """Row 1: each site as delivered; row 2: harmonized; last column: first minus second site."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,17 +299,21 @@ def _figure(results: list[SiteResult], comparison: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, n + 1, figsize=(3.2 * (n + 1), 6.6))
     for row, key in enumerate(("original", "harmonized")):
         stacks = [getattr(r, key) for r in results]
+        mid = stacks[0].shape[0] // 2
+        mask = results[0].mask[mid]
         for col, (r, stack) in enumerate(zip(results, stacks, strict=True)):
-            image = stack[stack.shape[0] // 2]
-            vmax = np.percentile(image[r.mask[r.mask.shape[0] // 2]], 99.5)
-            axes[row, col].imshow(image, cmap="gray", vmin=0, vmax=vmax)
+            image = stack[mid]
+            lo, hi = np.percentile(image[mask], [0.5, 99.5])
+            axes[row, col].imshow(np.where(mask | (row == 0), image, lo), cmap="gray", vmin=lo, vmax=hi)
             axes[row, col].set_title(f"{r.site} ({r.field_T:g} T) {key}", fontsize=9)
-        mask = results[0].mask[results[0].mask.shape[0] // 2]
-        scaled = [s[s.shape[0] // 2] / np.mean(s[s.shape[0] // 2][mask]) for s in stacks]
-        diff = np.where(mask, scaled[0] - scaled[1], 0.0)
-        axes[row, n].imshow(diff, cmap="RdBu_r", vmin=-0.5, vmax=0.5)
+        # difference in units of the pooled spread (raw images first scaled to their mean)
+        a, b = (s[mid] / (s[mid][mask].mean() if row == 0 else 1.0) for s in stacks[:2])
+        spread = np.std(np.concatenate([a[mask], b[mask]]))
+        axes[row, n].imshow(np.where(mask, (a - b) / spread, 0.0), cmap="RdBu_r", vmin=-1, vmax=1)
+        stats = comparison["raw_mean_scaled" if row == 0 else "harmonized"]
         axes[row, n].set_title(
-            f"A−B (mean-scaled), NRMSE {comparison[('raw' if row == 0 else 'harmonized')]['nrmse']:.3f}",
+            f"{results[0].site}−{results[1].site} / SD, SSIM {stats['ssim']:.3f}\n"
+            f"tissue-mean spread {stats['tissue_mean_spread']:.3f}",
             fontsize=9,
         )
     for ax in axes.ravel():

@@ -16,10 +16,15 @@ the brain mask). Latency is the client-side round trip (readout handed to the so
 feedback decoded), an upper bound of the server's navigator-in -> feedback-out time, plus
 the estimator's own time stamped in each message.
 
-Defaults keep one run to a few minutes on 2 CPU cores: matrix 64, 1 isochromat per voxel,
-a 1 ms / 20 us RF pulse (the RF Bloch step dominates when spins move), navigator pair every
-8 TRs with a 30 degree navigator flip (5 degrees leaves the navigator below the imperfectly
-spoiled imaging signal of a few-isochromat simulation).
+Defaults keep one run to a few minutes on 2 CPU cores: matrix 64, 9 isochromats per voxel
+(a 3 x 3 in-plane grid, which cancels the protocol's 2-cycle spoilers; 1 or 4 leave a
+speckle of unspoiled signal that swamps both navigators and SSIM), a 1 ms / 20 us RF pulse
+(the RF Bloch step dominates when spins move), a navigator pair every 8 TRs with a 30 degree
+navigator flip (at 5 degrees the navigator drowns in the imaging signal that spoiling leaves).
+The scanner runs in lockstep with the estimator (``ScannerFeedback.sync_timeout_s``): each
+estimate takes effect at the excitation after its navigator, as on a real-time scanner whose
+feedback arrives within the TR, instead of whenever the faster- or slower-than-real-time
+simulation happens to be; dead band 0.5 mm / 0.5 deg.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class BenchSettings:
     """Protocol and simulation settings of the benchmark (units as in the gre2d protocol)."""
 
     matrix: int = 64
-    isochromats: int = 1
+    isochromats: int = 9
     site: str = "siteA"
     navigator_every: int = 8
     navigator_flip_deg: float = 30.0
@@ -75,7 +80,9 @@ def standard_trajectory(name: str, duration_s: float):
 
     d = float(duration_s)
     if name == "drift":
-        return MotionTrajectory([0.0, 0.2 * d, d], [[0, 0, 0], [0, 0, 0], [1.5, 3.0, 0]], np.zeros((3, 3)), "drift")
+        return MotionTrajectory(
+            [0.0, 0.2 * d, d], [[0, 0, 0], [0, 0, 0], [1.5, 3.0, 0]], np.zeros((3, 3)), "drift"
+        )
     if name == "step":
         t0 = 0.45 * d
         return MotionTrajectory(
@@ -136,10 +143,10 @@ def _estimation_errors(messages: list[Any], motion) -> dict[str, Any]:
 
 def _retrospective(raw_file: Path, messages: list[Any], chain: Any) -> np.ndarray:
     """Replay recorded raw data with each readout's translation removed (pose from the estimates)."""
-    import gadgets
     import ismrmrd
     import torch
 
+    import gadgets
     from gadgets.motion import TIME_TICK_S
     from recon.motion_correction import undo_translation_line
 
@@ -152,7 +159,9 @@ def _retrospective(raw_file: Path, messages: list[Any], chain: Any) -> np.ndarra
     ty = np.array([fb.translation_mm[1] for fb in messages])
     corrected = []
     for acq in acqs:
-        skip = acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT) or acq.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA)
+        skip = acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT) or acq.is_flag_set(
+            ismrmrd.ACQ_IS_NAVIGATION_DATA
+        )
         if not skip and times.size:
             t = int(acq.acquisition_time_stamp) * TIME_TICK_S
             # the pose between navigators is interpolated linearly (held before the first)
@@ -181,7 +190,10 @@ def _plot(traces: dict[str, dict[str, Any]], path: Path) -> None:
         for i, label in enumerate(("tx", "ty")):
             ax = axes[i, j]
             ax.plot(t, [motion.transform_at(v).translation_mm[i] for v in t], "k-", label="true")
-            for rows, style, lab in ((est_off, "o", "navigator (open loop)"), (est_on, "x", "navigator (closed loop)")):
+            for rows, style, lab in (
+                (est_off, "o", "navigator (open loop)"),
+                (est_on, "x", "navigator (closed loop)"),
+            ):
                 if rows:
                     a = np.asarray(rows)
                     ax.plot(a[:, 0], a[:, 1 + i], style, label=lab)
@@ -215,18 +227,22 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     from gadgets.feedback import FeedbackError
     from harmonize import auto_mask
     from recon.device import resolve_device
-    from unisono.scan import ScanRequest, ScannerFeedback, run_scan
+    from unisono.scan import ScannerFeedback, ScanRequest, run_scan
 
     known = set(BenchSettings.__dataclass_fields__) | {"trajectories", "out", "png"}
     unknown = sorted(set(opts) - known)
     if unknown:
-        raise ValueError(f"unknown motion benchmark option '{unknown[0]}'; allowed: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown motion benchmark option '{unknown[0]}'; allowed: {', '.join(sorted(known))}"
+        )
     settings = BenchSettings(**{k: v for k, v in opts.items() if k in BenchSettings.__dataclass_fields__})
     names = opts.get("trajectories", ",".join(TRAJECTORIES))
     names = [n.strip() for n in str(names).split(",") if n.strip()]
     for n in names:
         if n not in TRAJECTORIES:
-            raise ValueError(f"motion benchmark option 'trajectories' takes names from {TRAJECTORIES}, got {n!r}")
+            raise ValueError(
+                f"motion benchmark option 'trajectories' takes names from {TRAJECTORIES}, got {n!r}"
+            )
     dev = str(resolve_device(device))
     out_root = Path(opts["out"]) if "out" in opts else Path(tempfile.mkdtemp(prefix="unisono-motion-"))
     out_root.mkdir(parents=True, exist_ok=True)
@@ -237,7 +253,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
         out = out_root / tag
         if out.exists():
             shutil.rmtree(out)  # the raw recording of an earlier run must not be picked up
-        channel = ScannerFeedback(apply=feedback)
+        channel = ScannerFeedback(apply=feedback, sync_timeout_s=1.0)
         request = ScanRequest(
             protocol="gre2d",
             site=settings.site,
@@ -284,7 +300,12 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
             "ssim_recovered_prospective": (m_on["ssim"] - m_off["ssim"]) / lost if lost > 1e-6 else None,
             "ssim_recovered_retrospective": (m_retro["ssim"] - m_off["ssim"]) / lost if lost > 1e-6 else None,
         }
-        traces[name] = {"motion": motion, "off": est_off["trace"], "on": est_on["trace"], "duration_s": duration_s}
+        traces[name] = {
+            "motion": motion,
+            "off": est_off["trace"],
+            "on": est_on["trace"],
+            "duration_s": duration_s,
+        }
         for ch in (off, on):
             round_trips.append(ch.round_trip_ms())
             processing.extend(fb.processing_ms for fb in ch.received if fb.processing_ms is not None)
@@ -304,8 +325,12 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
         "benchmark": "motion",
         "device": dev,
         "threads": torch.get_num_threads(),
-        "settings": {**settings.__dict__, "protocol": "gre2d", "chain": "cartesian-motion",
-                     "sequence_duration_s": duration_s},  # fmt: skip
+        "settings": {
+            **settings.__dict__,
+            "protocol": "gre2d",
+            "chain": "cartesian-motion",
+            "sequence_duration_s": duration_s,
+        },  # fmt: skip
         "trajectories": results,
         "estimation_rms_mm_all": float(np.sqrt(np.mean(np.square(all_err_t)))) if all_err_t else None,
         "latency_ms": {

@@ -57,20 +57,40 @@ class ScannerFeedback:
         sent_s: scan_counter -> ``perf_counter()`` when that readout was handed to the MRD client.
         errors: texts that claimed to be feedback but failed validation.
         update_at: per block, whether a new pose may take effect there (see :func:`excitation_blocks`).
+        min_change_mm, min_change_deg: dead band: a received pose is applied only when it differs
+            from the running one by more than this (PMC sequences use such thresholds: every update
+            re-phases RF and receiver and disturbs what spoiling leaves coherent).
+        sync_timeout_s: lockstep mode (reproducible runs): after a navigator, the next excitation
+            waits at most this long (wall clock) for its estimate; None = apply whatever has arrived.
     """
 
-    def __init__(self, apply: bool, update_at: list[bool] | None = None) -> None:
+    def __init__(
+        self,
+        apply: bool,
+        update_at: list[bool] | None = None,
+        min_change_mm: float = 0.5,
+        min_change_deg: float = 0.5,
+        sync_timeout_s: float | None = None,
+    ) -> None:
+        if min_change_mm < 0 or min_change_deg < 0:
+            raise ValueError("feedback dead band (min_change_mm, min_change_deg) must be >= 0")
+        if sync_timeout_s is not None and not sync_timeout_s > 0:
+            raise ValueError(f"sync_timeout_s must be > 0 s or None, got {sync_timeout_s!r}")
         self.apply = apply
         #: per block (in playing order): may a new pose take effect there? None = every block
         self.update_at = update_at
+        self.min_change_mm = min_change_mm
+        self.min_change_deg = min_change_deg
+        self.sync_timeout_s = sync_timeout_s
         self._block = 0
         self.received: list[Any] = []
         self.arrival_s: list[float] = []
         self.sent_s: dict[int, float] = {}
         self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._latest: Any = None  # newest MotionFeedback not yet applied
+        self._cond = threading.Condition()
+        self._latest: Any = None  # newest MotionFeedback received
         self._applied: Any = None  # the MotionFeedback the scanner is running with
+        self._awaiting: int | None = None  # scan_counter of a navigator whose estimate is due
 
     def on_item(self, item: Any) -> None:
         """Decode feedback texts; anything else (images, logs) is not the scanner's business."""
@@ -85,11 +105,36 @@ class ScannerFeedback:
             self.errors.append(str(exc))
             log.warning("ignored a malformed feedback message: %s", exc)
             return
-        with self._lock:
+        with self._cond:
             self.received.append(fb)
             self.arrival_s.append(t)
-            if self.apply and (self._latest is None or fb.seq > self._latest.seq):
+            if self._latest is None or fb.seq > self._latest.seq:
                 self._latest = fb
+            self._cond.notify_all()
+
+    def _wait_for_estimate(self) -> None:
+        """Lockstep mode: wait (bounded) for the estimate of the navigator just sent.
+
+        A real-time scanner gets it within the TR that follows the navigator; a simulator that
+        runs at its own pace would apply it one or more TRs late, at random. Only once feedback
+        flows (a first message came), so reference navigators cost no waiting.
+        """
+        if self.sync_timeout_s is None or self._awaiting is None or not self.received:
+            return
+        target, self._awaiting = self._awaiting, None
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._latest is not None and self._latest.scan_counter >= target, self.sync_timeout_s
+            )
+
+    def _worth_applying(self, fb: Any) -> bool:
+        """Dead band: a pose within it of the running one is not applied (each update re-phases)."""
+        cur_t = np.zeros(3) if self._applied is None else np.asarray(self._applied.translation_mm)
+        cur_r = np.zeros(3) if self._applied is None else np.asarray(self._applied.rotation_deg)
+        return bool(
+            np.abs(np.asarray(fb.translation_mm) - cur_t).max() > self.min_change_mm
+            or np.abs(np.asarray(fb.rotation_deg) - cur_r).max() > self.min_change_deg
+        )
 
     def poll(self):
         """The pose for the next block (``simulator.motion.RigidTransform``), or None before any feedback."""
@@ -99,15 +144,20 @@ class ScannerFeedback:
         self._block += 1
         # a scanner switches pose before an excitation, never between an excitation and its
         # readout: that would give one echo the RF phase of one pose and the receiver's of another
-        if self.update_at is None or (j < len(self.update_at) and self.update_at[j]):
-            with self._lock:
-                self._applied = self._latest
+        if self.apply and (self.update_at is None or (j < len(self.update_at) and self.update_at[j])):
+            self._wait_for_estimate()
+            with self._cond:
+                latest = self._latest
+            if latest is not None and latest is not self._applied and self._worth_applying(latest):
+                self._applied = latest
         if self._applied is None:
             return None
         return RigidTransform(self._applied.translation_mm, self._applied.rotation_deg)
 
     def tag(self, acquisitions: Iterable[Any]) -> Iterator[Any]:
         """Pass ``acquisitions`` on, each tagged with the pose it was acquired under."""
+        import ismrmrd
+
         from gadgets.feedback import tag_applied_pose
 
         for acq in acquisitions:
@@ -116,6 +166,8 @@ class ScannerFeedback:
                 tag_applied_pose(acq, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 0)
             else:
                 tag_applied_pose(acq, fb.translation_mm, fb.rotation_deg, fb.seq + 1)
+            if acq.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
+                self._awaiting = int(acq.scan_counter)
             # stamped as it is handed to the client (before serialization and flush), so the
             # round trip is an upper bound and never misses a fast reply
             self.sent_s[int(acq.scan_counter)] = time.perf_counter()

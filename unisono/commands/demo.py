@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", default="siteA,siteB", help="comma-separated site names or files")
     p.add_argument("--subject", type=int, default=0, help="digital subject number")
     p.add_argument("--isochromats", type=int, default=4, help="isochromats per voxel")
+    p.add_argument("--spins", type=int, default=16, help="spins per isochromat (spoiling accuracy)")
     p.add_argument("--system", default="generic", help="hardware profile the sequence is built for")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(handler=_run)
@@ -38,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
         sites=sites,
         subject=args.subject,
         isochromats_per_voxel=args.isochromats,
+        spins_per_isochromat=args.spins,
         system=args.system,
         device=str(resolve_device(args.device)),
     )

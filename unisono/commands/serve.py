@@ -62,17 +62,35 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
     def pick(value: object, default: object) -> object:
         return default if value is None else value
 
-    return ServerLimits(
-        max_message_bytes=pick(mb["--max-message-mb"], d.max_message_bytes),
-        max_text_bytes=pick(mb["--max-text-mb"], d.max_text_bytes),
-        max_connections=pick(args.max_connections, d.max_connections),
-        idle_timeout_s=pick(args.idle_timeout, d.idle_timeout_s),
-        message_timeout_s=pick(args.message_timeout, d.message_timeout_s),
-        max_queue_items=pick(args.queue_size, d.max_queue_items),
-        shutdown_grace_s=pick(args.shutdown_grace, d.shutdown_grace_s),
-        max_encoded_voxels=pick(args.max_voxels, d.max_encoded_voxels),
-        strict_counters=bool(args.strict_counters),
-    )
+    try:
+        return ServerLimits(
+            max_message_bytes=pick(mb["--max-message-mb"], d.max_message_bytes),
+            max_text_bytes=pick(mb["--max-text-mb"], d.max_text_bytes),
+            max_connections=pick(args.max_connections, d.max_connections),
+            idle_timeout_s=pick(args.idle_timeout, d.idle_timeout_s),
+            message_timeout_s=pick(args.message_timeout, d.message_timeout_s),
+            max_queue_items=pick(args.queue_size, d.max_queue_items),
+            shutdown_grace_s=pick(args.shutdown_grace, d.shutdown_grace_s),
+            max_encoded_voxels=pick(args.max_voxels, d.max_encoded_voxels),
+            strict_counters=bool(args.strict_counters),
+        )
+    except ValueError as exc:
+        # name the flag the user typed, not only the dataclass field
+        field = str(exc).split(" ", 1)[0]
+        raise ValueError(f"{_FLAGS.get(field, field)}: {exc}") from None
+
+
+#: ServerLimits field -> the `unisono serve` flag that sets it
+_FLAGS = {
+    "max_message_bytes": "--max-message-mb",
+    "max_text_bytes": "--max-text-mb",
+    "max_connections": "--max-connections",
+    "idle_timeout_s": "--idle-timeout",
+    "message_timeout_s": "--message-timeout",
+    "max_queue_items": "--queue-size",
+    "shutdown_grace_s": "--shutdown-grace",
+    "max_encoded_voxels": "--max-voxels",
+}
 
 
 def _run(args: argparse.Namespace) -> int:
