@@ -144,11 +144,44 @@ class Chain:
             g.resolved_params()
         return out
 
+    def to_toml(self) -> str:
+        """The chain as chain-file TOML (e.g. to send a modified chain as MRD config text, id 2).
+
+        Parsing the text back gives a chain with the same sha256.
+        """
+        lines = [f"name = {_toml_value(self.name)}", f"version = {_toml_value(self.version)}"]
+        if self.description:
+            lines.append(f"description = {_toml_value(self.description)}")
+        lines.append(f"queue_size = {self.queue_size}")
+        for g in self.gadgets:
+            lines += ["", "[[gadget]]", f"name = {_toml_value(g.name)}"]
+            if g.registered:
+                lines.append(f"gadget = {_toml_value(g.registered)}")
+            else:
+                lines += [f"module = {_toml_value(g.module)}", f"target = {_toml_value(g.target)}"]
+            if g.params:
+                lines.append("[gadget.params]")
+                lines += [f"{key} = {_toml_value(value)}" for key, value in g.params.items()]
+        return "\n".join(lines) + "\n"
+
     @property
     def sha256(self) -> str:
         """Hex sha256 of the canonical JSON (sorted keys, no whitespace)."""
         text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal for the value types chain parameters use (str, bool, int, float, lists)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ValueError(f"chain parameter value {value!r} cannot be written as TOML (str, bool, number, list)")
 
 
 #: the shipped chain for each MRD trajectory type (``chain = "auto"``)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from gadgets.feedback import (
+    FeedbackError,
     MotionFeedback,
     angles_from_matrix,
     applied_pose,
@@ -130,18 +131,23 @@ def motion_estimation(
         if moved_mm <= min_change_mm and moved_deg <= min_change_deg:
             log.debug("pose change %.3f mm / %.3f deg within the dead band: not sent", moved_mm, moved_deg)
             return
-        fb = MotionFeedback(
-            seq=seq,
-            scan_counter=int(acq.scan_counter),
-            acquisition_time_stamp=int(acq.acquisition_time_stamp),
-            translation_mm=tuple(float(v) for v in t_mm),  # type: ignore[arg-type]
-            rotation_deg=tuple(float(v) for v in r_deg),  # type: ignore[arg-type]
-            observed=observed,
-            time_s=time_s,
-            method=how,
-            processing_ms=(time.perf_counter() - t_in) * 1e3,
-            reference_time_s=ref_s,
-        )
+        try:
+            fb = MotionFeedback(
+                seq=seq,
+                scan_counter=int(acq.scan_counter),
+                acquisition_time_stamp=int(acq.acquisition_time_stamp),
+                translation_mm=tuple(float(v) for v in t_mm),  # type: ignore[arg-type]
+                rotation_deg=tuple(float(v) for v in r_deg),  # type: ignore[arg-type]
+                observed=observed,
+                time_s=time_s,
+                method=how,
+                processing_ms=(time.perf_counter() - t_in) * 1e3,
+                reference_time_s=ref_s,
+            )
+        except FeedbackError as exc:
+            # an estimate outside the schema (e.g. a lost navigator) must not stop the recon
+            log.warning("motion estimate at scan counter %d not sent: %s", int(acq.scan_counter), exc)
+            return
         connection.send(encode(fb))
         seq += 1
         last_sent_s = time_s
@@ -158,7 +164,13 @@ def motion_estimation(
                 state.latest[axis] = item
                 # a pair is complete when its y projection (played after x) arrives
                 if axis == 1 and 0 in state.latest:
-                    est = _navigator_pair(state, connection.header, reference_pair, band)
+                    try:
+                        est = _navigator_pair(state, connection.header, reference_pair, band)
+                    except ValueError as exc:  # e.g. a navigator without signal: skip it, keep going
+                        log.warning(
+                            "navigator pair at scan counter %d skipped: %s", int(item.scan_counter), exc
+                        )
+                        est = None
                     if est is not None:
                         send_estimate(item, est[0], est[1], (True, True, False, False, False, False),
                                       "navigator-projection", t_in, state.reference_time_s)  # fmt: skip

@@ -55,10 +55,14 @@ class SpinFields:
 class BlochEngine:
     """Magnetisation state of N isochromats and the operations of a sequence on it."""
 
-    def __init__(self, fields: SpinFields, rf_chunk: int = 16):
+    def __init__(self, fields: SpinFields, rf_chunk: int | None = None):
         self.f = fields
         n = fields.df.shape[0]
         dev = fields.df.device
+        # RF steps evaluated together: small chunks stay in the CPU cache (measured fastest at 2
+        # for 2e5 spins); on a GPU larger chunks amortise kernel launches
+        if rf_chunk is None:
+            rf_chunk = 2 if dev.type == "cpu" else 64
         self.mxy = torch.zeros(n, dtype=torch.complex64, device=dev)
         self.mz = torch.ones(n, dtype=torch.float32, device=dev)
         self._pending_t = 0.0  # precession and relaxation time not yet applied (s)
@@ -144,19 +148,30 @@ class BlochEngine:
         alpha = torch.ones_like(self.mxy)
         beta = torch.zeros_like(self.mxy)
         b1_map = f.b1
+        b1_sq = b1_map * b1_map
+        amp_sq = (amp.real**2 + amp.imag**2).to(torch.float32)
+        if const_grad:
+            wz_sq = (wz_const * wz_const)[None, :]
         n_steps = amp.shape[0]
         for c0 in range(0, n_steps, self.rf_chunk):
             c1 = min(n_steps, c0 + self.rf_chunk)
-            # per-step rotation parameters for a chunk of steps at once: (S, N)
-            wz = wz_const[None, :] if const_grad else w0[None, :] + grad[c0:c1] @ f.pos.T
-            bxy = amp[c0:c1, None] * b1_map[None, :]
-            bmag = torch.sqrt(bxy.real**2 + bxy.imag**2 + wz**2)
-            half = -math.pi * dts[c0:c1, None] * bmag  # phi/2 = -gamma |B| dt / 2
-            s = torch.sin(half)
-            cz = torch.cos(half)
-            inv = torch.where(bmag > 0, 1.0 / bmag.clamp_min(1e-30), torch.zeros_like(bmag))
-            a_step = torch.complex(cz, -(wz * inv * s).expand_as(cz))
-            b_step = bxy * (inv * s) * (-1j)
+            # per-step rotation parameters for a chunk of steps at once: (S, N). With B = (b1 a, wz)
+            # and phi = -2 pi |B| dt: alpha_j = cos(phi/2) - i wz/|B| sin(phi/2),
+            # beta_j = -i (b1 a)/|B| sin(phi/2)
+            if const_grad:
+                wz = wz_const[None, :]
+                bmag2 = torch.addcmul(wz_sq, amp_sq[c0:c1, None], b1_sq[None, :])
+            else:
+                wz = w0[None, :] + grad[c0:c1] @ f.pos.T
+                bmag2 = torch.addcmul(wz * wz, amp_sq[c0:c1, None], b1_sq[None, :])
+            bmag = torch.sqrt(bmag2)
+            half = bmag * (-math.pi * dts[c0:c1, None])
+            # sin(half)/|B|; |B| = 0 only when there is nothing to rotate, then sin(half) = 0 too
+            s_over = torch.sin(half) / bmag.clamp_min(1e-30)
+            a_step = torch.complex(torch.cos(half), -(wz * s_over))
+            bs = b1_map[None, :] * s_over
+            # -i (ar + i ai) bs = (ai - i ar) bs
+            b_step = torch.complex(amp[c0:c1, None].imag * bs, -(amp[c0:c1, None].real * bs))
             # compose the chunk's rotations pairwise (a log-depth tree of vectorised products)
             while a_step.shape[0] > 1:
                 if a_step.shape[0] % 2:

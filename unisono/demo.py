@@ -19,11 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from unisono import __version__
+from unisono.commands.harmonize import STUDY_SEQUENCE_DEFAULTS
 
 #: the two virtual sites of the demo: they differ in field strength, coils, B1+ and noise
 DEFAULT_SITES = ("siteA", "siteB")
-#: protocol overrides, in the protocol file's units (degrees, counts)
-DEMO_PROTOCOL = {"flip_angle": 25, "dummy_scans": 40}
+#: protocol overrides (protocol file units: ms, degrees, counts): the T1-weighted FLASH-like
+#: gre2d of the traveling-subject study that the shipped learned profile was trained on
+DEMO_PROTOCOL = dict(STUDY_SEQUENCE_DEFAULTS)
+#: the learned (U-Net) profile, trained on simulated traveling subjects of that protocol at
+#: 64 x 64 with siteA as the target; subject 0 of the demo was not among its training subjects
+DEMO_PROFILE = "unet"
+DEMO_MATRIX = 64
 
 
 @dataclass
@@ -34,16 +40,17 @@ class DemoConfig:
     protocol: str = "gre2d"
     system: str = "generic"
     sites: tuple[str, ...] = DEFAULT_SITES
-    matrix: int = 128
+    matrix: int = DEMO_MATRIX
     subject: int = 0
     isochromats_per_voxel: int = 4
     #: spins along z carrying each isochromat: enough of them make gradient spoiling physical
     spins_per_isochromat: int = 16
     chain: str = "cartesian"
+    #: harmonization profile the chain's Harmonize gadget applies (sent as chain text, id 2)
+    harmonization_profile: str = DEMO_PROFILE
     device: str = "cpu"
     seed: int = 0
-    #: the demo's protocol settings on top of gre2d's defaults: a T1-weighted spoiled GRE
-    #: (flip above the Ernst angle of brain tissue) with enough dummy TRs to reach steady state
+    #: protocol settings on top of gre2d's defaults
     overrides: dict[str, object] = field(default_factory=lambda: dict(DEMO_PROTOCOL))
 
 
@@ -206,7 +213,8 @@ def _scan_site(config, built, seq_path, site_name, index, port, out, print_fn) -
     )
 
     t0 = time.perf_counter()
-    images = gadgets.send_file(raw_file, host="127.0.0.1", port=port, chain=config.chain)
+    chain = gadgets.load_chain(config.chain, overrides={"harmonize": {"profile": config.harmonization_profile}})
+    images = gadgets.send_file(raw_file, host="127.0.0.1", port=port, chain_text=chain.to_toml())
     timings["stream_and_recon"] = time.perf_counter() - t0
     image_file = out / f"images_{site_name}.h5"
     gadgets.write_images(image_file, header, images, mode="w")

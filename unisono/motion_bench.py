@@ -7,6 +7,9 @@ streams a navigated gre2d scan live to an in-process server running the
 * feedback off: the estimates come back but are ignored (no correction; open-loop
   estimation error against the simulated truth);
 * feedback on: the scanner applies each estimate to the following blocks (prospective);
+* prospective with the true pose: the same loop (update points, lockstep, dead band) fed the
+  simulated truth at each navigator instead of the estimate -- what the timing of the updates
+  and the simulated spin history allow at best;
 * retrospective: the feedback-off raw data, each readout phase-corrected with the pose
   interpolated from the navigator estimates (:mod:`recon.motion_correction`), replayed
   through the same chain.
@@ -97,6 +100,48 @@ def standard_trajectory(name: str, duration_s: float):
             name="nod",
         )
     raise ValueError(f"motion benchmark trajectory must be one of {TRAJECTORIES}, got {name!r}")
+
+
+def _oracle_channel(motion, base: type) -> Any:
+    """A scanner feedback channel fed the *true* pose at each navigator pair (ignores the server).
+
+    Same update points, lockstep and dead band as the real loop: it separates what estimation
+    errors cost from what the update timing and the simulated spin history cost.
+    """
+    import ismrmrd
+
+    from gadgets.feedback import MotionFeedback
+    from gadgets.motion import TIME_TICK_S
+
+    class OracleFeedback(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__(apply=True, sync_timeout_s=None)
+            self._pairs = 0
+            self._ref_s: float | None = None
+
+        def on_item(self, item: Any) -> None:  # the server's estimates are not used
+            return
+
+        def tag(self, acquisitions):
+            for acq in super().tag(acquisitions):
+                if acq.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA) and int(acq.idx.segment) == 1:
+                    t = int(acq.acquisition_time_stamp) * TIME_TICK_S
+                    self._pairs += 1
+                    if self._pairs == 2:  # the estimator's reference pair (reference_pair = 1)
+                        self._ref_s = t
+                    elif self._pairs > 2:
+                        true_t = np.subtract(motion.transform_at(t).translation_mm,
+                                             motion.transform_at(self._ref_s).translation_mm)  # fmt: skip
+                        true_r = np.subtract(motion.transform_at(t).rotation_deg,
+                                             motion.transform_at(self._ref_s).rotation_deg)  # fmt: skip
+                        self._latest = MotionFeedback(
+                            seq=self._pairs, scan_counter=int(acq.scan_counter),
+                            acquisition_time_stamp=int(acq.acquisition_time_stamp),
+                            translation_mm=tuple(true_t), rotation_deg=tuple(true_r), method="oracle",
+                        )  # fmt: skip
+                yield acq
+
+    return OracleFeedback()
 
 
 def _image(out: Path) -> np.ndarray:
@@ -249,11 +294,15 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     png = Path(opts.get("png", out_root / "motion_traces.png"))
     t_start = time.perf_counter()
 
-    def scan(tag: str, motion, feedback: bool) -> tuple[Path, ScannerFeedback]:
+    def scan(tag: str, motion, feedback: bool, oracle: bool = False) -> tuple[Path, ScannerFeedback]:
         out = out_root / tag
         if out.exists():
             shutil.rmtree(out)  # the raw recording of an earlier run must not be picked up
-        channel = ScannerFeedback(apply=feedback, sync_timeout_s=1.0)
+        channel = (
+            _oracle_channel(motion, ScannerFeedback)
+            if oracle
+            else ScannerFeedback(feedback, sync_timeout_s=1.0)
+        )
         request = ScanRequest(
             protocol="gre2d",
             site=settings.site,
@@ -286,19 +335,30 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
         motion = standard_trajectory(name, duration_s)
         off_dir, off = scan(f"{name}_off", motion, False)
         on_dir, on = scan(f"{name}_on", motion, True)
+        oracle_dir, _ = scan(f"{name}_oracle", motion, True, oracle=True)
         raw = sorted((off_dir / "raw").glob("*.h5"))
-        img_off, img_on = _image(off_dir), _image(on_dir)
+        img_off, img_on, img_oracle = _image(off_dir), _image(on_dir), _image(oracle_dir)
         img_retro = _retrospective(raw[0], off.received, chain)
         est_off = _estimation_errors(off.received, motion)
         est_on = _estimation_errors(on.received, motion)
-        m_off, m_on, m_retro = (_metrics(i, reference, mask) for i in (img_off, img_on, img_retro))
+        m_off, m_on, m_retro, m_oracle = (
+            _metrics(i, reference, mask) for i in (img_off, img_on, img_retro, img_oracle)
+        )
         lost = 1.0 - m_off["ssim"]
         results[name] = {
             "estimation_open_loop": {k: v for k, v in est_off.items() if k != "trace"},
             "estimation_closed_loop": {k: v for k, v in est_on.items() if k != "trace"},
-            "image": {"no_correction": m_off, "prospective": m_on, "retrospective": m_retro},
+            "image": {
+                "no_correction": m_off,
+                "prospective": m_on,
+                "retrospective": m_retro,
+                "prospective_true_pose": m_oracle,
+            },
             "ssim_recovered_prospective": (m_on["ssim"] - m_off["ssim"]) / lost if lost > 1e-6 else None,
             "ssim_recovered_retrospective": (m_retro["ssim"] - m_off["ssim"]) / lost if lost > 1e-6 else None,
+            "ssim_recovered_prospective_true_pose": (m_oracle["ssim"] - m_off["ssim"]) / lost
+            if lost > 1e-6
+            else None,
         }
         traces[name] = {
             "motion": motion,

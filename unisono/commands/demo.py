@@ -16,7 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "summary.json.",
     )
     p.add_argument("--out", type=Path, default=Path("unisono-demo"), help="output folder")
-    p.add_argument("--matrix", type=int, default=128, help="in-plane matrix (default 128)")
+    p.add_argument("--matrix", type=int, default=64, help="in-plane matrix (default 64, the profile's)")
+    p.add_argument(
+        "--profile",
+        default="unet",
+        help="harmonization profile (default unet: learned on traveling subjects of this protocol)",
+    )
     p.add_argument("--sites", default="siteA,siteB", help="comma-separated site names or files")
     p.add_argument("--subject", type=int, default=0, help="digital subject number")
     p.add_argument("--isochromats", type=int, default=4, help="isochromats per voxel")
@@ -41,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
         isochromats_per_voxel=args.isochromats,
         spins_per_isochromat=args.spins,
         system=args.system,
+        harmonization_profile=args.profile,
         device=str(resolve_device(args.device)),
     )
     run_demo(config, print_fn=lambda line: print(line, flush=True))
