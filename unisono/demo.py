@@ -160,12 +160,12 @@ def run_demo(config: DemoConfig, print_fn: Callable[[str], None] = print) -> dic
     }
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2))
+    raw, harmonized = comparison["raw"], comparison["harmonized"]
     _progress(
         print_fn,
         "4/4 compare",
-        f"inter-site SSIM raw {comparison['raw']['ssim']:.3f} -> harmonized "
-        f"{comparison['harmonized']['ssim']:.3f}, tissue-mean spread "
-        f"{comparison['raw']['tissue_mean_spread']:.3f} -> {comparison['harmonized']['tissue_mean_spread']:.3f}; "
+        f"inter-site SSIM raw {raw['ssim']:.3f} -> harmonized {harmonized['ssim']:.3f}, "
+        f"tissue-mean spread {raw['tissue_mean_spread']:.3f} -> {harmonized['tissue_mean_spread']:.3f}; "
         f"figure {figure}",
     )
     print_fn(f"done in {timings['total']:.1f} s; outputs in {out.resolve()} (summary.json)")
@@ -213,7 +213,9 @@ def _scan_site(config, built, seq_path, site_name, index, port, out, print_fn) -
     )
 
     t0 = time.perf_counter()
-    chain = gadgets.load_chain(config.chain, overrides={"harmonize": {"profile": config.harmonization_profile}})
+    chain = gadgets.load_chain(
+        config.chain, overrides={"harmonize": {"profile": config.harmonization_profile}}
+    )
     images = gadgets.send_file(raw_file, host="127.0.0.1", port=port, chain_text=chain.to_toml())
     timings["stream_and_recon"] = time.perf_counter() - t0
     image_file = out / f"images_{site_name}.h5"
