@@ -23,6 +23,8 @@ import torch
 from simulator.events import Pulse, Readout
 
 TWO_PI = 2.0 * math.pi
+#: distinct RF pulses whose per-spin rotations are kept (5 complex values per spin each)
+RF_CACHE_SIZE = 16
 
 
 @dataclass
@@ -195,6 +197,9 @@ class BlochEngine:
             alpha.abs() ** 2 - beta.abs() ** 2,
             2.0 * alpha * beta,
         )
+        if len(self._rf_cache) >= RF_CACHE_SIZE:
+            # e.g. variable flip-angle trains: keep memory bounded, drop the oldest pulse
+            self._rf_cache.pop(next(iter(self._rf_cache)))
         self._rf_cache[pulse.key] = coeffs
         return coeffs
 

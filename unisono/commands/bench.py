@@ -38,23 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run)
 
 
-def parse_options(pairs: list[str]) -> dict[str, object]:
-    """`KEY=VALUE` strings to a dict; values are parsed as JSON when they can be (numbers, lists)."""
-    options: dict[str, object] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
-
-
 def _run(args: argparse.Namespace) -> int:
+    from unisono.options import parse_key_values
+
     module = importlib.import_module(BENCHMARKS[args.kind])
-    result = module.run_benchmark(device=args.device, repeats=args.repeats, **parse_options(args.set))
+    result = module.run_benchmark(device=args.device, repeats=args.repeats, **parse_key_values(args.set))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

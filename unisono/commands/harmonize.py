@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from unisono.options import parse_key_values
+
 log = logging.getLogger("unisono.harmonize")
 
 #: sequence parameters the study uses on top of the protocol defaults (TR in ms, flip in
@@ -40,19 +42,6 @@ def _int_list(text: str) -> list[int]:
 
 def _str_list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects NAME=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -226,7 +215,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         for s in sites + ([args.rescan_site] if args.rescan_site else []):
             if s not in known:
                 raise ValueError(f"unknown site {s!r}; known sites: {known}")
-        overrides = {**STUDY_SEQUENCE_DEFAULTS, "matrix": args.matrix, **_parse_set(args.set)}
+        overrides = {**STUDY_SEQUENCE_DEFAULTS, "matrix": args.matrix, **parse_key_values(args.set)}
         built = build_protocol(args.protocol, overrides=overrides)
         chain = load_chain("cartesian", overrides={"harmonize": {"enabled": False}})
         scans, orientations = [], set()

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from recon.device import resolve_device
-    from unisono.commands.bench import parse_options
+    from unisono.options import parse_key_values
     from unisono.scan import ScanRequest, run_scan
 
     request = ScanRequest(
@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
         site=args.site,
         out=args.out,
         system=args.system,
-        overrides=parse_options(args.set),
+        overrides=parse_key_values(args.set),
         subject=args.subject,
         phantom=args.phantom,
         motion=args.motion,
