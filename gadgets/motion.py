@@ -14,7 +14,8 @@ and the head pose sent back is a ∘ r.
 With ``method = "image"`` the gadget instead reconstructs a low-resolution
 magnitude image of every repetition (central ``lowres_lines`` k-space lines,
 FFT, root-sum-of-squares) and registers it to the first repetition's image
-(2D in-plane: tx, ty, rz; 3D data: all six) -- slower feedback, but it sees
+(single-slice 2D data: tx, ty, rz; :func:`recon.registration.register_rigid` also does
+3D, which this gadget does not yet feed) -- slower feedback, but it sees
 rotations the two projection navigators cannot.
 """
 
@@ -111,6 +112,16 @@ def motion_estimation(
         )
     if lowres_lines < 8:
         raise ValueError(f"motion gadget parameter 'lowres_lines' must be >= 8, got {lowres_lines}")
+    if method == "image":
+        enc = connection.header.encoding[0]
+        limits = enc.encodingLimits
+        n_slices = 1 + int(limits.slice.maximum) if limits is not None and limits.slice is not None else 1
+        if int(enc.encodedSpace.matrixSize.z) > 1 or n_slices > 1:
+            raise ValueError(
+                "motion gadget method 'image' supports single-slice 2D data; this stream has "
+                f"{int(enc.encodedSpace.matrixSize.z)} partitions and {n_slices} slices "
+                "(use method 'navigator')"
+            )
     state = _NavState()
     images: dict[int, dict[int, np.ndarray]] = {}
     reference_image: tuple[torch.Tensor, tuple[float, ...], tuple[np.ndarray, np.ndarray]] | None = None

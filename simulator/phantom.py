@@ -37,6 +37,9 @@ class Phantom:
         brain_mask: bool (z, y, x), where the object is "brain" (for evaluation).
         tissue_maps: fractional tissue maps by name, kept for evaluation (z, y, x).
         name: a label for logs and headers.
+        offset_m: (x, y, z) shift of the whole grid from the default centring (m); e.g. half a
+            slice spacing in z so that an even number of 2-D slices sits symmetric about
+            isocentre as multi-slice sequences place them.
     """
 
     pd: torch.Tensor
@@ -49,6 +52,7 @@ class Phantom:
     brain_mask: torch.Tensor
     tissue_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     name: str = "phantom"
+    offset_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         shape = tuple(self.pd.shape)
@@ -80,12 +84,13 @@ class Phantom:
         return tuple(self.pd.shape)  # type: ignore[return-value]
 
     def positions_m(self) -> torch.Tensor:
-        """Voxel centres (z, y, x, 3) in m; the last axis is (x, y, z), isocentre-centred."""
+        """Voxel centres (z, y, x, 3) in m; the last axis is (x, y, z), isocentre-centred + offset_m."""
         axes = []
         for n, d in zip(self.shape, self.voxel_size_m, strict=True):
             axes.append((torch.arange(n, dtype=torch.float64) - n // 2) * d)
         zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
-        return torch.stack([xx, yy, zz], dim=-1).to(torch.float32)
+        pos = torch.stack([xx, yy, zz], dim=-1) + torch.tensor(self.offset_m, dtype=torch.float64)
+        return pos.to(torch.float32)
 
 
 def _ellipse_mask(shape_yx: tuple[int, int], fov_m: float, e: tuple[float, ...]) -> np.ndarray:

@@ -46,7 +46,7 @@ def cartesian_gre(
     if selective:
         rf, gz, gzr = pp.make_sinc_pulse(
             math.radians(flip_deg), duration=2e-3, slice_thickness=thickness, apodization=0.5,
-            time_bw_product=4, system=SYS, return_gz=True,
+            time_bw_product=4, system=SYS, return_gz=True, delay=SYS.rf_dead_time,
         )  # fmt: skip
     else:
         rf = pp.make_block_pulse(math.radians(flip_deg), duration=2e-3, delay=SYS.rf_dead_time, system=SYS)

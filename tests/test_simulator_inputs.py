@@ -166,3 +166,30 @@ def test_cli_writes_an_mrd_file(tmp_path):
     finally:
         ds.close()
     assert main(["simulate", str(path), "--phantom", "nope", "-o", str(out)]) == 2
+
+
+def test_cli_multislice_phantom_follows_the_slice_positions(tmp_path):
+    sequences = pytest.importorskip("sequences")
+    from unisono.cli import main
+
+    built = sequences.build_protocol("gre2d", overrides={"matrix": 16, "n_slices": 2})
+    seq_path, _ = built.write(tmp_path / "ms.seq")
+    out = tmp_path / "ms.h5"
+    assert (
+        main(["simulate", str(seq_path), "--phantom", "shepp-logan", "--device", "cpu", "-o", str(out)]) == 0
+    )
+    ds = ismrmrd.Dataset(str(out), "dataset", create_if_needed=False)
+    try:
+        acqs = [ds.read_acquisition(i) for i in range(ds.number_of_acquisitions())]
+    finally:
+        ds.close()
+    peak: dict[int, float] = {}
+    z: dict[int, float] = {}
+    for a in acqs:
+        if a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+            continue
+        peak[a.idx.slice] = max(peak.get(a.idx.slice, 0.0), float(np.abs(a.data).max()))
+        z[a.idx.slice] = float(a.position[2])
+    assert sorted(z.values()) == pytest.approx([-3.0, 3.0], abs=0.01)
+    # each excited slice lies inside its own phantom slice: equal signal (2% noise allowance)
+    assert abs(peak[0] - peak[1]) < 0.02 * max(peak.values())

@@ -80,6 +80,13 @@ def _handle(args: argparse.Namespace) -> int:
     except ImportError:
         header = minimal_header(seq, site)
     matrix, fov_m, n_slices, spacing = _header_geometry(header)
+    z_offset = 0.0
+    positions = seq.definitions.get("SlicePositions")
+    if positions is not None and len(positions) > 1 and not args.slices and not args.slice_thickness:
+        # 2-D multi-slice: one phantom slice per excited slice, at the sequence's positions
+        pos = sorted(float(p) for p in positions)
+        n_slices, spacing = len(pos), float(pos[1] - pos[0])
+        z_offset = pos[0] + (n_slices // 2) * spacing
     matrix = args.matrix or min(matrix, 256)
     fov_m = args.fov * 1e-3 if args.fov else fov_m
     n_slices = args.slices or n_slices
@@ -92,8 +99,10 @@ def _handle(args: argparse.Namespace) -> int:
                                       slice_thickness_m=spacing)  # fmt: skip
     elif Path(args.phantom).suffix in (".h5", ".hdf5"):
         phantom = load_phantom(args.phantom)
+        z_offset = 0.0  # a user's phantom keeps its own geometry
     else:
         raise ValueError(f"--phantom {args.phantom!r} is not allowed; use brain, shepp-logan or a FILE.h5")
+    phantom.offset_m = (0.0, 0.0, z_offset)
     duration = float(sum(seq.block_durations.values())) if hasattr(seq, "block_durations") else 0.0
     motion = parse_motion(args.motion, duration) if args.motion else None
     stats: dict = {}
