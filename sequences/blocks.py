@@ -336,3 +336,40 @@ def scaled_trap(grad: SimpleNamespace, scale: float, channel: str | None = None)
     if channel is not None:
         g.channel = channel
     return g
+
+
+def set_definitions(
+    seq: pp.Sequence,
+    *,
+    protocol: str,
+    system: SystemProfile,
+    fov_m: tuple[float, float, float],
+    matrix: tuple[int, int, int],
+    readout_oversampling: int,
+    te: float,
+    tr: float,
+    flip_angle: float,
+    slice_thickness: float,
+    slice_positions,
+    trajectory: str,
+    **extra: object,
+) -> None:
+    """Write the Pulseq definitions every unisono sequence carries (SI units, angles in degrees).
+
+    Readers (``unisono sequence info``, the simulator's header fallback, other Pulseq tools)
+    rely on them. ``extra`` adds protocol-specific ones (``TI``, ``EchoSpacing``, ...).
+    """
+    seq.set_definition("Name", protocol)
+    seq.set_definition("FOV", list(fov_m))
+    seq.set_definition("Matrix", list(matrix))
+    seq.set_definition("ReadoutOversamplingFactor", readout_oversampling)
+    seq.set_definition("TE", te)
+    seq.set_definition("TR", tr)
+    seq.set_definition("FlipAngle", math.degrees(flip_angle))
+    seq.set_definition("SliceThickness", slice_thickness)
+    seq.set_definition("SlicePositions", [float(z) for z in slice_positions])
+    seq.set_definition("TrajectoryType", trajectory)
+    seq.set_definition("B0", system.B0)
+    seq.set_definition("System", system.name)
+    for key, value in extra.items():
+        seq.set_definition(key, value)

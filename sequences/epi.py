@@ -43,6 +43,7 @@ from sequences.blocks import (
     rf_spoil_phase,
     round_to,
     scaled_trap,
+    set_definitions,
     slice_excitation,
     trap_with_duration,
 )
@@ -384,19 +385,11 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
                     seq.add_block(tr_delay)
 
     esp = train.echo_spacing
-    seq.set_definition("Name", protocol)
-    seq.set_definition("FOV", [fov, fov, thk])
-    seq.set_definition("Matrix", [n, n, 1])
-    seq.set_definition("ReadoutOversamplingFactor", os)
-    seq.set_definition("TE", te_actual)
-    seq.set_definition("TR", tr_actual)
-    seq.set_definition("FlipAngle", math.degrees(p["flip_angle"]))
-    seq.set_definition("EchoSpacing", esp)
-    seq.set_definition("SliceThickness", thk)
-    seq.set_definition("SlicePositions", [float(z) for z in z_pos])
-    seq.set_definition("TrajectoryType", "epi")
-    seq.set_definition("B0", system.B0)
-    seq.set_definition("System", system.name)
+    set_definitions(
+        seq, protocol=protocol, system=system, fov_m=(fov, fov, thk), matrix=(n, n, 1),
+        readout_oversampling=os, te=te_actual, tr=tr_actual, flip_angle=p["flip_angle"],
+        slice_thickness=thk, slice_positions=z_pos, trajectory="epi", EchoSpacing=esp,
+    )  # fmt: skip
     if dwi:
         seq.set_definition("BValues", [b * 1e-6 for b, _ in encodings])
 

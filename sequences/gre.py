@@ -42,6 +42,7 @@ from sequences.blocks import (
     rf_spoil_phase,
     round_to,
     scaled_trap,
+    set_definitions,
     slice_excitation,
     trap_with_duration,
 )
@@ -223,18 +224,11 @@ def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actu
     thickness = p["slab_thickness"] if is3d else p["slice_thickness"]
     nz = p["n_partitions"] if is3d else 1
     traj = {"gre2d": "cartesian", "gre3d": "cartesian", "radial2d": "goldenangle"}[kind]
-    seq.set_definition("Name", protocol)
-    seq.set_definition("FOV", [fov, fov, thickness])
-    seq.set_definition("Matrix", [n, n, nz])
-    seq.set_definition("ReadoutOversamplingFactor", os)
-    seq.set_definition("TE", te_actual)
-    seq.set_definition("TR", tr_actual)
-    seq.set_definition("FlipAngle", math.degrees(p["flip_angle"]))
-    seq.set_definition("SliceThickness", thickness)
-    seq.set_definition("SlicePositions", [float(z) for z in z_pos])
-    seq.set_definition("TrajectoryType", traj)
-    seq.set_definition("B0", system.B0)
-    seq.set_definition("System", system.name)
+    set_definitions(
+        seq, protocol=protocol, system=system, fov_m=(fov, fov, thickness), matrix=(n, n, nz),
+        readout_oversampling=os, te=te_actual, tr=tr_actual, flip_angle=p["flip_angle"],
+        slice_thickness=thickness, slice_positions=z_pos, trajectory=traj,
+    )  # fmt: skip
 
     n_lines = len(lines) if kind == "radial2d" else n
     enc = EncodingInfo(

@@ -47,6 +47,7 @@ from sequences.blocks import (
     place_rf,
     quantised_dwell,
     round_to,
+    set_definitions,
     slice_excitation,
     trap_with_duration,
 )
@@ -242,23 +243,15 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
                 if tr_delay is not None:
                     seq.add_block(tr_delay)
 
-    seq.set_definition("Name", protocol)
-    seq.set_definition("FOV", [fov, fov, thk])
-    seq.set_definition("Matrix", [n, n, 1])
-    seq.set_definition("ReadoutOversamplingFactor", os)
-    seq.set_definition("TE", te_actual)
+    set_definitions(
+        seq, protocol=protocol, system=system, fov_m=(fov, fov, thk), matrix=(n, n, 1),
+        readout_oversampling=os, te=te_actual, tr=tr_actual, flip_angle=p["flip_angle"],
+        slice_thickness=thk, slice_positions=z_pos, trajectory="cartesian",
+        RefocusingFlipAngle=math.degrees(p["refocusing_flip_angle"]), EchoSpacing=esp,
+        EchoTrainLength=etl,
+    )  # fmt: skip
     if inv is not None:
         seq.set_definition("TI", ti_actual)
-    seq.set_definition("TR", tr_actual)
-    seq.set_definition("FlipAngle", math.degrees(p["flip_angle"]))
-    seq.set_definition("RefocusingFlipAngle", math.degrees(p["refocusing_flip_angle"]))
-    seq.set_definition("EchoSpacing", esp)
-    seq.set_definition("EchoTrainLength", etl)
-    seq.set_definition("SliceThickness", thk)
-    seq.set_definition("SlicePositions", [float(z) for z in z_pos])
-    seq.set_definition("TrajectoryType", "cartesian")
-    seq.set_definition("B0", system.B0)
-    seq.set_definition("System", system.name)
 
     enc = EncodingInfo(
         trajectory="cartesian",

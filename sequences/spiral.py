@@ -38,6 +38,7 @@ from sequences.blocks import (
     place_rf,
     rf_spoil_phase,
     round_to,
+    set_definitions,
     slice_excitation,
     trap_with_duration,
 )
@@ -221,18 +222,11 @@ def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "sp
                 for i in range(n_int):
                     one_tr(freq, i, {"lin": i, "slc": slc, "avg": avg, "rep": rep})
 
-    seq.set_definition("Name", protocol)
-    seq.set_definition("FOV", [fov, fov, thk])
-    seq.set_definition("Matrix", [n, n, 1])
-    seq.set_definition("ReadoutOversamplingFactor", 1)
-    seq.set_definition("TE", te_actual)
-    seq.set_definition("TR", tr_actual)
-    seq.set_definition("FlipAngle", math.degrees(p["flip_angle"]))
-    seq.set_definition("SliceThickness", thk)
-    seq.set_definition("SlicePositions", [float(z) for z in z_pos])
-    seq.set_definition("TrajectoryType", "spiral")
-    seq.set_definition("B0", system.B0)
-    seq.set_definition("System", system.name)
+    set_definitions(
+        seq, protocol=protocol, system=system, fov_m=(fov, fov, thk), matrix=(n, n, 1),
+        readout_oversampling=1, te=te_actual, tr=tr_actual, flip_angle=p["flip_angle"],
+        slice_thickness=thk, slice_positions=z_pos, trajectory="spiral",
+    )  # fmt: skip
 
     enc = EncodingInfo(
         trajectory="spiral",
