@@ -244,6 +244,8 @@ def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actu
             "slice": (0, len(z_pos) - 1, 0),
             "average": (0, p["n_averages"] - 1, 0),
             "repetition": (0, p["n_repetitions"] - 1, 0),
+            # navigator readouts carry SEG = projection axis (0 = x, 1 = y)
+            **({"segment": (0, 1, 0)} if nav is not None else {}),
         },
     )
     if kind == "radial2d":
