@@ -17,6 +17,23 @@ __all__ = ["noise_adjust"]
 log = logging.getLogger(__name__)
 
 
+#: most readouts whitened in one matrix product (only those already waiting are taken)
+BATCH = 64
+
+
+def _whiten_and_send(connection: Any, W: np.ndarray, lines: list[ismrmrd.Acquisition]) -> None:
+    """W applied to every (coil, sample) readout of ``lines``; equal lengths share one GEMM."""
+    i = 0
+    while i < len(lines):
+        j = i + 1
+        while j < len(lines) and lines[j].number_of_samples == lines[i].number_of_samples:
+            j += 1
+        white = W @ np.stack([np.asarray(a.data) for a in lines[i:j]])  # (n, coil, sample)
+        for acq, data in zip(lines[i:j], white, strict=True):
+            connection.send(copy_with_data(acq, data))
+        i = j
+
+
 def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise: bool = False) -> None:
     """Prewhiten every readout with the whitening matrix from the stream's noise scans.
 
@@ -31,6 +48,7 @@ def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise
             imaging dwell times differ (Gadgetron's receiver noise bandwidth).
         keep_noise: also pass the noise readouts on (dropped by default).
     """
+    ready = getattr(connection, "ready", None)  # absent on a plain gadgetron-python connection
     noise: list[np.ndarray] = []
     noise_dwell_us: float | None = None
     W: torch.Tensor | None = None
@@ -69,10 +87,24 @@ def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise
         if W is None:
             connection.send(item)
             continue
-        if item.active_channels != W.shape[0]:
-            raise ValueError(
-                f"readout has {item.active_channels} active channels but the noise scans had {W.shape[0]}"
-            )
-        # numpy matmul on the (coil, sample) line: one small GEMM, no device round trip.
-        white = W.numpy() @ np.asarray(item.data)
-        connection.send(copy_with_data(item, white))
+        W_np = W.numpy()
+        # whiten this readout and those already waiting behind it (same length) in one GEMM
+        batch = [item, *(ready(BATCH - 1) if ready is not None else [])]
+        lines: list[ismrmrd.Acquisition] = []
+        for acq in batch:
+            if isinstance(acq, ismrmrd.Acquisition) and not acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+                if acq.active_channels != W.shape[0]:
+                    raise ValueError(
+                        f"readout has {acq.active_channels} active channels but the noise scans had "
+                        f"{W.shape[0]}"
+                    )
+                lines.append(acq)
+                continue
+            _whiten_and_send(connection, W_np, lines)  # keep the stream's order
+            lines = []
+            if isinstance(acq, ismrmrd.Acquisition):
+                log.warning("noise readout after imaging data ignored for prewhitening")
+                if not keep_noise:
+                    continue
+            connection.send(acq)
+        _whiten_and_send(connection, W_np, lines)

@@ -15,6 +15,10 @@ from recon.oversampling import remove_readout_oversampling
 __all__ = ["remove_oversampling"]
 
 
+#: most readouts transformed in one batched FFT (only those already waiting are taken)
+BATCH = 64
+
+
 def remove_oversampling(connection: Any, *, factor: int = 0) -> None:
     """Remove readout oversampling from every Cartesian imaging readout.
 
@@ -25,29 +29,53 @@ def remove_oversampling(connection: Any, *, factor: int = 0) -> None:
     Non-Cartesian readouts (radial, spiral) and noise readouts pass
     unchanged; EPI readouts are treated as Cartesian even when they carry a
     trajectory (which is dropped). ``center_sample`` is divided by the factor.
+    Readouts that are already waiting are transformed together (one batched
+    FFT); the order of the stream is kept.
     """
     if factor < 0:
         raise ValueError(f"factor must be >= 0 (0 = from the header), got {factor}")
     infos: dict[int, Any] = {}
-    for item in connection:
+    ready = getattr(connection, "ready", None)  # absent on a plain gadgetron-python connection
+
+    def oversampling_of(item: Any) -> int:
+        """The factor to remove from ``item``; 1 = pass it on unchanged."""
         if not isinstance(item, ismrmrd.Acquisition) or item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
-            connection.send(item)
-            continue
+            return 1
         ref = int(item.encoding_space_ref)
         info = infos.get(ref) or infos.setdefault(ref, encoding_info(connection.header, ref))
         if item.trajectory_dimensions > 0 and not info.cartesian_like:
-            connection.send(item)  # radial/spiral: the NUFFT handles the readout FOV
-            continue
+            return 1  # radial/spiral: the NUFFT handles the readout FOV
         f = factor or info.readout_oversampling
-        if f == 1:
-            connection.send(item)
-            continue
-        n = item.number_of_samples
-        if n % f:
-            raise ValueError(f"readout of {n} samples is not divisible by the oversampling factor {f}")
-        out = remove_readout_oversampling(torch.from_numpy(np.asarray(item.data)), f).numpy()
-        acq = copy_with_data(item, out)
-        acq.center_sample = item.center_sample // f
-        acq.discard_pre = item.discard_pre // f
-        acq.discard_post = item.discard_post // f
-        connection.send(acq)
+        if f > 1 and item.number_of_samples % f:
+            raise ValueError(
+                f"readout of {item.number_of_samples} samples is not divisible by the oversampling factor {f}"
+            )
+        return f
+
+    def flush(group: list[Any], f: int) -> None:
+        data = torch.from_numpy(np.stack([np.asarray(a.data) for a in group]))
+        out = remove_readout_oversampling(data, f).numpy()
+        for item, lines in zip(group, out, strict=True):
+            acq = copy_with_data(item, lines)
+            acq.center_sample = item.center_sample // f
+            acq.discard_pre = item.discard_pre // f
+            acq.discard_post = item.discard_post // f
+            connection.send(acq)
+
+    for first in connection:
+        batch = [first, *(ready(BATCH - 1) if ready is not None else [])]
+        group: list[Any] = []
+        group_key: tuple[int, int, int] | None = None
+        for item in batch:
+            f = oversampling_of(item)
+            key = (f, item.active_channels, item.number_of_samples) if f > 1 else None
+            if group and key != group_key:
+                flush(group, group_key[0])
+                group = []
+            if key is None:
+                connection.send(item)
+                continue
+            group.append(item)
+            group_key = key
+        if group:
+            flush(group, group_key[0])

@@ -100,6 +100,10 @@ class _Pipe:
             except queue.Full:
                 continue
 
+    def get_nowait(self) -> Any:
+        """The next item if one is waiting, else raise ``queue.Empty``."""
+        return self._q.get_nowait()
+
     def get(self) -> Any:
         while True:
             try:
@@ -167,6 +171,29 @@ class Connection:
 
     def __next__(self) -> tuple[int, Any]:
         return self.next()
+
+    def ready(self, max_items: int) -> list[Any]:
+        """Up to ``max_items`` more items that are already waiting, without blocking.
+
+        Lets a gadget batch work when data arrive faster than it processes them (one
+        batched FFT instead of many small ones) while a slow stream still goes item by
+        item, so latency does not grow. Items failing the filters pass on, as in ``next``.
+        Not part of gadgetron-python's Connection: gadgets must work without it.
+        """
+        out: list[Any] = []
+        while len(out) < max_items and not self._closed:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is _END:
+                self._closed = True
+                break
+            if all(p(item) for p in self.filters):
+                out.append(item)
+            else:
+                self.send(item)
+        return out
 
     def iter_with_mids(self) -> Iterator[tuple[int, Any]]:
         """Iterate (message id, item) pairs."""
