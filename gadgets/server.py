@@ -27,6 +27,7 @@ import dataclasses
 import ipaddress
 import itertools
 import logging
+import queue
 import socket
 import threading
 import time
@@ -38,6 +39,7 @@ from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
 
 from gadgets.chain import Chain, load_chain, shipped_chain_path
 from gadgets.limits import ServerLimits
+from gadgets.memory import release_free_memory
 from gadgets.policy import parse_client_chain
 from gadgets.recorder import stream_to_h5
 from gadgets.runtime import ChainError, RunningChain
@@ -273,6 +275,11 @@ class MRDServer:
         # connections whose socket is still open (the max_connections count; raw-file conversion
         # after the socket closed does not hold a slot)
         self._open_sockets = 0
+        # raw streams to convert to HDF5, by one worker: h5py serializes HDF5 calls anyway, and a
+        # thread per pending conversion made memory grow with the backlog under sustained load
+        self._convert_q: queue.Queue[tuple[Path, str] | None] = queue.Queue()
+        self._pending_conversions = 0
+        self._converter: threading.Thread | None = None
         self._counter = itertools.count(1)
         #: paths of the raw files recorded so far
         self.raw_files: list[Path] = []
@@ -297,6 +304,9 @@ class MRDServer:
         self._port = sock.getsockname()[1]
         self._accept_thread = threading.Thread(target=self._accept_loop, name="mrd-accept", daemon=True)
         self._accept_thread.start()
+        if self.raw_dir is not None:
+            self._converter = threading.Thread(target=self._convert_loop, name="mrd-raw-convert", daemon=True)
+            self._converter.start()
         log.info("MRD server listening on %s:%d (%s)", self.host, self._port, self.limits.describe())
         if not _is_loopback(self.host):
             log.warning(
@@ -402,20 +412,40 @@ class MRDServer:
                 self._open_sockets -= 1
             if stem is not None:
                 # after the client has its answer: the HDF5 conversion is off the streaming path
-                try:
-                    stream_to_h5(stem.with_suffix(".mrd"), stem.with_suffix(".h5"))
-                    if stem.with_suffix(".h5").exists():
-                        self.raw_files.append(stem.with_suffix(".h5"))
-                except Exception as exc:  # noqa: BLE001 - keep the .mrd stream file if conversion fails
-                    log.error("%s: raw stream to HDF5 failed (%s); kept %s.mrd", label, exc, stem)
+                with self._lock:
+                    self._pending_conversions += 1
+                self._convert_q.put((stem, label))
             with self._lock:
                 self._conns.discard(threading.current_thread())
 
+    def _convert_loop(self) -> None:
+        """Convert finished connections' raw streams to MRD HDF5, one at a time, until told to stop."""
+        while True:
+            job = self._convert_q.get()
+            if job is None:
+                return
+            stem, label = job
+            try:
+                stream = stem.with_suffix(".mrd")
+                if stream.exists() and stream.stat().st_size == 0:
+                    stream.unlink()  # the client sent nothing (a port probe): there is nothing to keep
+                    continue
+                stream_to_h5(stream, stem.with_suffix(".h5"))
+                if stem.with_suffix(".h5").exists():
+                    self.raw_files.append(stem.with_suffix(".h5"))
+            except Exception as exc:  # noqa: BLE001 - keep the .mrd stream file if conversion fails
+                log.error("%s: raw stream to HDF5 failed (%s); kept %s.mrd", label, exc, stem)
+            finally:
+                # a long-running server's RSS would otherwise creep up (see gadgets.memory)
+                release_free_memory()
+                with self._lock:
+                    self._pending_conversions -= 1
+
     @property
     def active_connections(self) -> int:
-        """Connections being served (including their raw-file conversion)."""
+        """Connections being served, plus raw files still waiting for their HDF5 conversion."""
         with self._lock:
-            return len(self._conns)
+            return len(self._conns) + self._pending_conversions
 
     def request_stop(self, force: bool = False) -> None:
         """Ask :meth:`serve_forever` to stop (safe to call from a signal handler: sets flags only).
@@ -451,8 +481,13 @@ class MRDServer:
             log.warning("ending %d in-flight connection(s): the server is shutting down", len(conns))
             self._end_connections.set()
         for t in conns:
-            # bounded: the reader notices the stop within a poll tick; the rest is the raw-file flush
+            # bounded: the reader notices the stop within a poll tick, the chain is aborted
             t.join(60.0)
+        if self._converter is not None:
+            # flush: every recorded stream becomes its HDF5 raw file before stop() returns
+            self._convert_q.put(None)
+            self._converter.join()
+            self._converter = None
 
     def serve_forever(self) -> None:
         """Start (if needed) and block until interrupted (Ctrl-C), :meth:`request_stop` or :meth:`stop`."""

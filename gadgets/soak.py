@@ -135,7 +135,7 @@ def _drain(stream: Any, sink: list[str]) -> None:
 def run_benchmark(
     device: str = "auto",
     repeats: int = 1,
-    connections: int = 600,
+    connections: int = 1500,
     concurrency: int = 8,
     fault_share: float = 0.3,
     timeout_s: float = 1.0,
@@ -189,10 +189,12 @@ def run_benchmark(
                 died_at.append(len(rss_samples))
                 return
             rss_samples.append(_rss_mb(proc.pid))
+            thread_samples.append(_rss_mb(proc.pid, "Threads") * 1024.0)  # a count, not kB
             progress.append(finished[0])
             stop_sampling.wait(0.2)
 
     progress: list[int] = []
+    thread_samples: list[float] = []
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -278,6 +280,7 @@ def run_benchmark(
         "rss_after_warmup_mb": round(warm[0], 1) if warm else None,
         "rss_end_mb": round(rss_end, 1),
         "rss_mb_by_quarter": _by_quarter(rss_samples, progress, len(outcomes)),
+        "server_threads_max": int(max((t for t in thread_samples if t == t), default=0)),
         "clients_s": round(clients_s, 2),
         "connections_per_s": round(len(outcomes) / clients_s, 2),
         "server_startup_s": round(startup_s, 2),

@@ -563,7 +563,8 @@ class MessageReader:
         The recording then is a complete MRD v1 stream of every whole message received, which
         is what the HDF5 conversion reads; it is idempotent.
         """
-        if self.record is not None and not self.counts.get(4) and not self._record_closed:
+        # (nothing recorded, e.g. a port probe: the file stays empty and the server removes it)
+        if self.record is not None and self.bytes_read and not self.counts.get(4) and not self._record_closed:
             with contextlib.suppress(OSError):
                 self.record.write(struct.pack("<H", 4))
         self._record_closed = True

@@ -89,10 +89,16 @@ def test_sigterm_stops_accepting_lets_a_scan_finish_and_sigint_ends_the_rest(tmp
         held, hbox = held_scan(port, "held", n_first=5)
         wait_connected(port)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        # no longer accepting
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # no longer accepting, within a moment (the main loop notices the signal within 0.2 s)
+        refused_after = None
+        t_sig = time.monotonic()
+        while refused_after is None and time.monotonic() - t_sig < 3:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                time.sleep(0.05)
+            except OSError:
+                refused_after = time.monotonic() - t_sig
+        assert refused_after is not None and refused_after < 2
         finishing.join(30)
         # the scan in flight during the grace completes normally: images, no error
         assert not fbox["result"].errors and fbox["result"].closed
@@ -109,7 +115,8 @@ def test_sigterm_stops_accepting_lets_a_scan_finish_and_sigint_ends_the_rest(tmp
         if proc.poll() is None:
             proc.kill()
     out = proc.stdout.read()
-    assert "SIGTERM: stopping; 2 connection(s) in flight" in out
+    # (the refused-connection probes above may have been accepted before the socket closed)
+    assert re.search(r"SIGTERM: stopping; \d+ connection\(s\) in flight", out)
     assert "stopped; 2 raw file(s) recorded" in out
     assert "the server is shutting down" in proc.stderr.read()
     assert raw_counts(tmp_path / "raw") == {"finishing": len(acqs), "held": 5}
