@@ -392,12 +392,15 @@ class MessageReader:
             "--max-message-mb",
         )
         body = self._read(payload)
-        # as ismrmrd's deserialize_from, without first joining header and payload (one copy less)
-        acq = ismrmrd.Acquisition(h)
+        # as ismrmrd's deserialize_from, but the arrays are views of the received buffer: no
+        # zero-filled allocation and no copy (~0.1 ms a readout at 16 coils). A bytes body is
+        # immutable, so it is copied once to give the gadgets writable arrays.
         self._acq_head = h  # the consistency checks read this struct (faster than the properties)
+        buf = body if isinstance(body, bytearray) else bytearray(body)
         n_traj = ns * td
-        acq.traj[:] = np.frombuffer(body, np.float32, count=n_traj).reshape(ns, td)
-        acq.data[:] = np.frombuffer(body, np.complex64, count=ns * nc, offset=4 * n_traj).reshape(nc, ns)
+        traj = np.frombuffer(buf, np.float32, count=n_traj).reshape(ns, td)
+        data = np.frombuffer(buf, np.complex64, count=ns * nc, offset=4 * n_traj).reshape(nc, ns)
+        acq = ismrmrd.Acquisition(h, data, traj)
         return acq, (head, body)
 
     def _waveform(self) -> tuple[Any, tuple[bytes, ...]]:
