@@ -242,8 +242,10 @@ def header_from_definitions(seq, name: str = "unknown") -> mx.ismrmrdHeader:
         matrix = [nx // os_factor, n_lin, n_par]
     matrix = (matrix + [1, 1, 1])[:3]
     matrix[2] = max(matrix[2], 1)
+    # without a TrajectoryType definition, LIN-labelled readouts mean line-by-line Cartesian encoding
+    labelled_lines = "LIN" in lab and len(np.unique(lab["LIN"])) > 1
     enc = EncodingInfo(
-        trajectory=str(_definition(seq, "TrajectoryType") or "other"),
+        trajectory=str(_definition(seq, "TrajectoryType") or ("cartesian" if labelled_lines else "other")),
         encoded_matrix=(matrix[0] * os_factor, matrix[1], matrix[2]),
         encoded_fov_m=(fov[0] * os_factor, fov[1], fov[2]),
         recon_matrix=(matrix[0], matrix[1], matrix[2]),
