@@ -206,16 +206,20 @@ class _Geometry:
         return read, phase, slc
 
 
-def correct_pulse(p: Pulse, k_abs: np.ndarray, t_m: np.ndarray) -> Pulse:
-    """RF phase-tracked for a head translated by ``t_m``: phase - 2 pi K(t).t during the pulse.
+def correct_pulse(p: Pulse, theta_acc: float, t_m: np.ndarray) -> Pulse:
+    """RF phase-tracked for a head translated by ``t_m``: phase - theta during the pulse.
 
-    In the frame M' = M e^{i theta}, theta = 2 pi K.t, spins at p precess as if at p - t; the
-    pulse must be the nominal one in that frame, so in the scanner frame it carries e^{-i theta}.
+    In the frame M' = M e^{i theta}, theta = 2 pi ∫ G.t dτ, spins at p precess as if at p - t;
+    the pulse must be the nominal one in that frame, so in the scanner frame it carries
+    e^{-i theta}. ``theta_acc`` (rad) is that integral up to the pulse, accumulated with the
+    translation in force at each moment, so the frame stays phase-continuous when the
+    correction changes (a real scanner's update does not jump the phase of the magnetization
+    already there).
     """
     g = np.broadcast_to(p.grad, (p.dt.size, 3))
     k_mid = np.cumsum(g * p.dt[:, None], axis=0) - 0.5 * g * p.dt[:, None]
     theta_var = 2 * math.pi * (k_mid @ t_m)
-    theta0 = 2 * math.pi * float(k_abs @ t_m)
+    theta0 = theta_acc
     amp = p.amplitude * np.exp(-1j * theta_var)
     return replace(
         p,
@@ -225,9 +229,10 @@ def correct_pulse(p: Pulse, k_abs: np.ndarray, t_m: np.ndarray) -> Pulse:
     )
 
 
-def correct_readout(ro: Readout, k_abs: np.ndarray, t_m: np.ndarray) -> Readout:
-    """Receiver phase-tracked for a head translated by ``t_m``: the sample times e^{+i 2 pi K.t}."""
-    theta = -2 * math.pi * ((k_abs[:, None] + ro.kmom).T @ t_m)
+def correct_readout(ro: Readout, theta_acc: float, t_m: np.ndarray) -> Readout:
+    """Receiver phase-tracked for a head translated by ``t_m``: the samples times e^{+i theta}
+    (``theta_acc`` up to the readout, see :func:`correct_pulse`, plus 2 pi K.t within it)."""
+    theta = -(theta_acc + 2 * math.pi * (ro.kmom.T @ t_m))
     pm = theta if ro.phase_modulation is None else ro.phase_modulation + theta
     return replace(ro, phase_modulation=pm)
 
@@ -297,7 +302,7 @@ def simulate(
     current_pose = None
     sens_pos = sens = None
     grad_cache: dict = {}
-    k_abs = np.zeros(3)  # physical gradient moment since the start (cycles/m), for PMC phases
+    theta_acc = 0.0  # 2 pi ∫ G.t_correction dτ (rad): the phase of the prospectively corrected frame
     t_scan = time.perf_counter()  # the scan clock starts with the first block (realtime pacing)
     for i in seq.block_events:
         block = seq.get_block(i)
@@ -326,16 +331,19 @@ def simulate(
             if isinstance(ev, Free):
                 engine.free(ev.duration, ev.moment)
                 geom.free(ev.moment)
-                k_abs += ev.moment
+                if correction.active:
+                    theta_acc += 2 * math.pi * float(ev.moment @ correction.pose.t_m)
             elif isinstance(ev, Pulse):
                 if correction.active:
-                    ev = correct_pulse(ev, k_abs, correction.pose.t_m)
+                    ev = correct_pulse(ev, theta_acc, correction.pose.t_m)
                 engine.rf(ev)
                 geom.pulse(ev)
-                k_abs += (np.broadcast_to(ev.grad, (ev.dt.size, 3)) * ev.dt[:, None]).sum(axis=0)
+                if correction.active:
+                    moment = (np.broadcast_to(ev.grad, (ev.dt.size, 3)) * ev.dt[:, None]).sum(axis=0)
+                    theta_acc += 2 * math.pi * float(moment @ correction.pose.t_m)
             elif isinstance(ev, Readout):
                 if correction.active:
-                    ev = correct_readout(ev, k_abs, correction.pose.t_m)
+                    ev = correct_readout(ev, theta_acc, correction.pose.t_m)
                 sig = engine.readout(ev)
                 k = ev.tau.size
                 white = torch.complex(
