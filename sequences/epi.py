@@ -49,7 +49,7 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence
 from sequences.gre import slice_positions
-from sequences.header import EncodingInfo, make_header
+from sequences.header import EncodingInfo, protocol_header
 from sequences.protocol import ProtocolError
 from sequences.se import interleaved_order
 from sequences.systems import SystemProfile
@@ -418,39 +418,23 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         ),
         echo_train_length=n,
     )
-    user_double = {
-        **{f"slice_position_mm_{i}": float(z) * 1e3 for i, z in enumerate(z_pos)},
-        "readout_dwell_us": dwell * 1e6,
-        "readout_bandwidth_Hz_per_px": 1.0 / (n_samples * dwell),
-    }
+    user_double = {"readout_bandwidth_Hz_per_px": 1.0 / (n_samples * dwell)}
     if dwi:
         for i, (b, d) in enumerate(encodings):
             user_double[f"diffusion_bvalue_s_per_mm2_{i}"] = b * 1e-6
             for axis, comp in zip("xyz", d, strict=True):
                 user_double[f"diffusion_direction_{i}_{axis}"] = comp
-    header = make_header(
-        protocol_name=protocol,
-        system_name=system.name,
-        B0=system.B0,
-        gamma=system.gamma,
-        encodings=[enc],
-        TR=[tr_actual],
-        TE=[te_actual],
-        flip_angle=[p["flip_angle"]],
-        echo_spacing=[esp],
-        sequence_type="EPI",
+    header = protocol_header(
+        protocol, system, [enc], TR=tr_actual, TE=te_actual, flip_angle=p["flip_angle"],
+        slice_positions=z_pos, readout_dwell=dwell, echo_spacing=[esp], sequence_type="EPI",
         user_double=user_double,
         user_long={
             "readout_oversampling": os,
             "dummy_scans": p["dummy_scans"],
             "n_diffusion_encodings": len(encodings),
         },
-        user_string={
-            "unisono.protocol": protocol,
-            "unisono.system": system.name,
-            "unisono.navigator": "epi-phase-correction",
-        },
-    )
+        user_string={"unisono.navigator": "epi-phase-correction"},
+    )  # fmt: skip
     params = dict(p)
     params.update(
         actual_TE=te_actual,

@@ -47,7 +47,7 @@ from sequences.blocks import (
     trap_with_duration,
 )
 from sequences.built import BuiltSequence
-from sequences.header import EncodingInfo, make_header
+from sequences.header import EncodingInfo, protocol_header
 from sequences.navigator import make_navigator
 from sequences.protocol import ProtocolError
 from sequences.systems import SystemProfile
@@ -258,24 +258,12 @@ def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actu
     if nav is not None:
         user_string["unisono.navigator"] = "projection-xy"
         user_long["navigator_every"] = p["navigator_every"]
-    header = make_header(
-        protocol_name=protocol,
-        system_name=system.name,
-        B0=system.B0,
-        gamma=system.gamma,
-        encodings=[enc],
-        TR=[tr_actual],
-        TE=[te_actual],
-        flip_angle=[p["flip_angle"]],
-        sequence_type="Flash",
-        user_double={
-            **{f"slice_position_mm_{i}": float(z) * 1e3 for i, z in enumerate(z_pos)},
-            "readout_dwell_us": dwell * 1e6,
-            "readout_bandwidth_Hz_per_px": 1.0 / (n_samples * dwell),
-        },
-        user_long=user_long,
-        user_string=user_string,
-    )
+    header = protocol_header(
+        protocol, system, [enc], TR=tr_actual, TE=te_actual, flip_angle=p["flip_angle"],
+        slice_positions=z_pos, readout_dwell=dwell, sequence_type="Flash",
+        user_double={"readout_bandwidth_Hz_per_px": 1.0 / (n_samples * dwell)},
+        user_long=user_long, user_string=user_string,
+    )  # fmt: skip
     params = dict(p)
     params.update(
         actual_TE=te_actual,

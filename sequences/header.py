@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ismrmrd.xsd as mx
 import numpy as np
@@ -272,4 +273,48 @@ def header_from_definitions(seq, name: str = "unknown") -> mx.ismrmrdHeader:
         TI=_as_list(_definition(seq, "TI")),
         flip_angle=[np.radians(a) for a in flip],
         user_string={"unisono.header_source": "seq-definitions" + ("" if b0_def else " (B0 assumed 3 T)")},
+    )
+
+
+def protocol_header(
+    protocol: str,
+    system: Any,
+    encodings: Sequence[EncodingInfo],
+    *,
+    TR: float,
+    TE: float,
+    flip_angle: float,
+    slice_positions: Sequence[float],
+    readout_dwell: float,
+    user_double: Mapping[str, float] | None = None,
+    user_long: Mapping[str, int] | None = None,
+    user_string: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> mx.ismrmrdHeader:
+    """:func:`make_header` for a unisono protocol built for ``system`` (a SystemProfile).
+
+    Fills what every builder records: the system's name, B0 and gamma; the slice positions
+    (``slice_position_mm_<i>``, mm) and readout dwell (``readout_dwell_us``); and the
+    ``unisono.protocol`` / ``unisono.system`` names. Times in s, the flip angle in rad;
+    ``extra`` goes to :func:`make_header` (TI, echo_spacing, sequence_type).
+    """
+    doubles = {
+        **{f"slice_position_mm_{i}": float(z) * 1e3 for i, z in enumerate(slice_positions)},
+        "readout_dwell_us": readout_dwell * 1e6,
+        **(user_double or {}),
+    }
+    strings = {"unisono.protocol": protocol, "unisono.system": system.name, **(user_string or {})}
+    return make_header(
+        protocol_name=protocol,
+        system_name=system.name,
+        B0=system.B0,
+        gamma=system.gamma,
+        encodings=encodings,
+        TR=[TR],
+        TE=[TE],
+        flip_angle=[flip_angle],
+        user_double=doubles,
+        user_long=user_long,
+        user_string=strings,
+        **extra,
     )

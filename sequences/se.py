@@ -53,7 +53,7 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence
 from sequences.gre import slice_positions
-from sequences.header import EncodingInfo, make_header
+from sequences.header import EncodingInfo, protocol_header
 from sequences.protocol import ProtocolError
 from sequences.systems import SystemProfile
 
@@ -269,27 +269,18 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         },
         echo_train_length=etl if kind == "tse2d" else None,
     )
-    header = make_header(
-        protocol_name=protocol,
-        system_name=system.name,
-        B0=system.B0,
-        gamma=system.gamma,
-        encodings=[enc],
-        TR=[tr_actual],
-        TE=[te_actual],
-        flip_angle=[p["flip_angle"]],
+    header = protocol_header(
+        protocol, system, [enc], TR=tr_actual, TE=te_actual, flip_angle=p["flip_angle"],
+        slice_positions=z_pos, readout_dwell=dwell,
         TI=[ti_actual] if inv is not None else [],
         echo_spacing=[esp] if kind == "tse2d" else [],
         sequence_type="TSE" if kind == "tse2d" else "SpinEcho",
         user_double={
-            **{f"slice_position_mm_{i}": float(z) * 1e3 for i, z in enumerate(z_pos)},
-            "readout_dwell_us": dwell * 1e6,
             "readout_bandwidth_Hz_per_px": 1.0 / (n_samples * dwell),
             "refocusing_flip_angle_deg": math.degrees(p["refocusing_flip_angle"]),
         },
         user_long={"readout_oversampling": os, "dummy_scans": p["dummy_scans"], "echo_at_centre": e_te},
-        user_string={"unisono.protocol": protocol, "unisono.system": system.name},
-    )
+    )  # fmt: skip
     params = dict(p)
     params.update(
         actual_TE=te_actual,

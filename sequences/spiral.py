@@ -44,7 +44,7 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence
 from sequences.gre import slice_positions
-from sequences.header import EncodingInfo, make_header
+from sequences.header import EncodingInfo, protocol_header
 from sequences.protocol import ProtocolError
 from sequences.systems import SystemProfile
 
@@ -246,24 +246,12 @@ def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "sp
         trajectory_double={"k_max_per_m": k_max, "dwell_us": dwell * 1e6, "fov_m": fov},
         trajectory_comment="spiral-out, interleave i rotated by 2 pi i / n_interleaves; traj in the data",
     )
-    header = make_header(
-        protocol_name=protocol,
-        system_name=system.name,
-        B0=system.B0,
-        gamma=system.gamma,
-        encodings=[enc],
-        TR=[tr_actual],
-        TE=[te_actual],
-        flip_angle=[p["flip_angle"]],
-        sequence_type="Flash",
-        user_double={
-            **{f"slice_position_mm_{i}": float(z) * 1e3 for i, z in enumerate(z_pos)},
-            "readout_dwell_us": dwell * 1e6,
-            "spiral_readout_ms": n_samples * dwell * 1e3,
-        },
+    header = protocol_header(
+        protocol, system, [enc], TR=tr_actual, TE=te_actual, flip_angle=p["flip_angle"],
+        slice_positions=z_pos, readout_dwell=dwell, sequence_type="Flash",
+        user_double={"spiral_readout_ms": n_samples * dwell * 1e3},
         user_long={"dummy_scans": p["dummy_scans"]},
-        user_string={"unisono.protocol": protocol, "unisono.system": system.name},
-    )
+    )  # fmt: skip
     params = dict(p)
     params.update(
         actual_TE=te_actual,
