@@ -10,7 +10,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export NUMBA_NUM_THREADS ?= 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup tools demo test lint clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/unisono demo
 
-test: setup
+# the Debian reference tools (bart, ismrmrd-tools, ismrmrd-schema) the tests compare against
+tools:
+	bash .ci/install-reference-tools
+
+test: setup tools
 	$(PY) -m pytest -n 2 -q
 
 lint: setup

@@ -13,7 +13,8 @@ M = 32
 
 @pytest.fixture(scope="module")
 def phantom():
-    simulator = pytest.importorskip("simulator")
+    import simulator
+
     return simulator.brain_phantom(matrix=M, fov_m=0.22, n_slices=1)
 
 
@@ -22,8 +23,9 @@ def phantom():
     ("protocol", "chain"), [("epi2d", "epi"), ("radial2d", "radial"), ("spiral2d", "spiral")]
 )
 def test_simulated_scan_reconstructs_with_its_chain(phantom, protocol: str, chain: str) -> None:
-    sequences = pytest.importorskip("sequences")
-    simulator = pytest.importorskip("simulator")
+    import sequences
+    import simulator
+
     built = sequences.build_protocol(protocol, overrides={"matrix": M})
     acqs = list(simulator.simulate(built.seq, phantom, simulator.load_site("siteA"), header=built.header))
     assert chain_for_header(built.header) == chain

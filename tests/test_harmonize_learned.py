@@ -74,9 +74,6 @@ def test_training_rejects_mismatched_pairs():
         train_unet([np.ones((1, 32, 32))], [], [np.ones((1, 32, 32), bool)], [])
 
 
-@pytest.mark.skipif(
-    not any(load_profile(n).method == "unet" for n in list_profiles()), reason="no shipped learned profile"
-)
 def test_shipped_learned_profile_is_small_and_runs():
     prof = next(load_profile(n) for n in list_profiles() if load_profile(n).method == "unet")
     assert prof.weights_path().stat().st_size < 2 * 1024 * 1024

@@ -169,7 +169,7 @@ def test_cli_writes_an_mrd_file(tmp_path):
 
 
 def test_cli_multislice_phantom_follows_the_slice_positions(tmp_path):
-    sequences = pytest.importorskip("sequences")
+    import sequences
     from unisono.cli import main
 
     built = sequences.build_protocol("gre2d", overrides={"matrix": 16, "n_slices": 2})
