@@ -1,11 +1,11 @@
 """Record a connection's MRD stream as it arrives, then convert it to an MRD HDF5 raw file.
 
 Writing HDF5 variable-length rows costs ~100 µs per 64 kB readout in h5py,
-which would cap the server below the streaming goal.  The recorder instead
-tees the received bytes, unchanged, into ``<name>.mrd`` (the MRD v1 stream
-format, the same bytes ``ismrmrd``'s stream tools read) with a plain buffered
-file write; after the connection has been answered and closed the stream
-file is converted to ``<name>.h5`` (``/dataset/xml``, ``/dataset/data``,
+which would cap the server below the streaming goal.  The server's
+:class:`gadgets.wire.MessageReader` therefore copies every complete message,
+unchanged, into ``<name>.mrd`` (the MRD v1 stream format, the same bytes
+``ismrmrd``'s stream tools read); after the connection has been answered and
+closed, this module converts the stream file to ``<name>.h5`` (``/dataset/xml``, ``/dataset/data``,
 ``/dataset/waveforms``) and removed.  If the client or the chain fails
 mid-scan, everything received up to that point is converted.
 """
@@ -14,32 +14,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import BinaryIO
 
 import ismrmrd
 from ismrmrd.serialization import ProtocolDeserializer
 
 from gadgets.mrdfile import RawWriter
 
-__all__ = ["TeeReader", "stream_to_h5"]
+__all__ = ["stream_to_h5"]
 
 log = logging.getLogger(__name__)
-
-
-class TeeReader:
-    """A readable that copies every byte it returns into ``sink``."""
-
-    def __init__(self, source: BinaryIO, sink: BinaryIO):
-        self._source = source
-        self._sink = sink
-        self.bytes = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._source.read(n)
-        if data:
-            self._sink.write(data)
-            self.bytes += len(data)
-        return data
 
 
 def stream_to_h5(stream_path: str | Path, h5_path: str | Path, remove_stream: bool = True) -> int:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,22 +207,33 @@ def parse_value(spec: ParamSpec, text: str) -> Any:
     return int(number) if kind == "int" and number == int(number) else number
 
 
-def load_protocol(name_or_path: str | Path) -> Protocol:
-    """Read a protocol by name (``sequences/protocols/NAME.toml``) or from a path."""
+def read_named_toml(
+    name_or_path: str | Path, folder: Path, kind: str, available: Callable[[], list[str]]
+) -> tuple[Path, dict[str, Any]]:
+    """(path, parsed TOML) of a shipped file by name (``folder/NAME.toml``) or of a ``.toml`` path.
+
+    Raises :class:`ProtocolError` for an unknown name (listing the ``available()`` ones) or
+    invalid TOML, FileNotFoundError for a missing path.
+    """
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = PROTOCOL_DIR / f"{name_or_path}.toml"
+        path = folder / f"{name_or_path}.toml"
         if not path.exists():
             raise ProtocolError(
-                f"protocol {name_or_path!r} does not exist; available: {', '.join(list_protocol_names())}."
+                f"{kind} {name_or_path!r} does not exist; available: {', '.join(available())}."
             )
     if not path.exists():
-        raise FileNotFoundError(f"protocol file {path} does not exist.")
+        raise FileNotFoundError(f"{kind} file {path} does not exist.")
     with path.open("rb") as fh:
         try:
-            data = tomllib.load(fh)
+            return path, tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise ProtocolError(f"{path.name}: not valid TOML ({exc}).") from exc
+
+
+def load_protocol(name_or_path: str | Path) -> Protocol:
+    """Read a protocol by name (``sequences/protocols/NAME.toml``) or from a path."""
+    path, data = read_named_toml(name_or_path, PROTOCOL_DIR, "protocol", list_protocol_names)
     for key in ("name", "builder", "params"):
         if key not in data:
             raise ProtocolError(f"{path.name}: missing top-level key {key!r}.")

@@ -8,13 +8,12 @@ Builders only ever see these limits through :meth:`SystemProfile.to_opts`.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pypulseq as pp
 
-from sequences.protocol import ProtocolError
+from sequences.protocol import ProtocolError, read_named_toml
 from sequences.units import UNITS, from_si, to_si
 
 SYSTEM_DIR = Path(__file__).resolve().parent / "systems"
@@ -130,17 +129,7 @@ def load_system(name_or_path: str | Path | SystemProfile) -> SystemProfile:
     """
     if isinstance(name_or_path, SystemProfile):
         return name_or_path
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = SYSTEM_DIR / f"{name_or_path}.toml"
-        if not path.exists():
-            raise ProtocolError(
-                f"system {name_or_path!r} does not exist; available: {', '.join(list_systems())}."
-            )
-    if not path.exists():
-        raise FileNotFoundError(f"system file {path} does not exist.")
-    with path.open("rb") as fh:
-        data = tomllib.load(fh)
+    path, data = read_named_toml(name_or_path, SYSTEM_DIR, "system", list_systems)
     hw = data.get("hardware", {})
     values: dict[str, float] = {}
     for key, (si_unit, lo, hi) in _FIELDS.items():
