@@ -202,7 +202,7 @@ def parse_server(address: str) -> tuple[str, int]:
 
 def make_phantom(kind: str, built, site, subject: int):
     """The phantom named on the command line, on the protocol's grid and at the site's field."""
-    import simulator
+    from simulator.phantom_spec import phantom_from_spec
 
     matrix = int(built.params.get("matrix", 128))
     geometry = dict(
@@ -211,14 +211,7 @@ def make_phantom(kind: str, built, site, subject: int):
         slice_thickness_m=float(built.params.get("slice_thickness", 0.005)),
         n_slices=int(built.params.get("n_slices", 1)),
     )
-    if kind == "brain":
-        return simulator.brain_phantom(field_T=site.field_T, subject=subject, **geometry)
-    if kind == "shepp-logan":
-        return simulator.shepp_logan_phantom(field_T=site.field_T, **geometry)
-    path = Path(kind)
-    if path.suffix in (".h5", ".hdf5"):
-        return simulator.load_phantom(path)
-    raise ValueError(f"--phantom must be brain, shepp-logan or an .h5 phantom file, got {kind!r}")
+    return phantom_from_spec(kind, field_T=site.field_T, subject=subject, **geometry)
 
 
 def run_scan(

@@ -58,17 +58,9 @@ def _handle(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from simulator import (
-        brain_phantom,
-        load_phantom,
-        load_site,
-        minimal_header,
-        shepp_logan_phantom,
-        simulate,
-        with_site,
-        write_raw,
-    )
+    from simulator import load_site, minimal_header, simulate, with_site, write_raw
     from simulator.motion import parse_motion
+    from simulator.phantom_spec import phantom_from_spec
     from simulator.scanner import load_sequence
 
     site = load_site(args.site)
@@ -91,17 +83,12 @@ def _handle(args: argparse.Namespace) -> int:
     fov_m = args.fov * 1e-3 if args.fov else fov_m
     n_slices = args.slices or n_slices
     spacing = args.slice_thickness * 1e-3 if args.slice_thickness else spacing
-    if args.phantom == "brain":
-        phantom = brain_phantom(field_T=site.field_T, fov_m=fov_m, matrix=matrix, slice_thickness_m=spacing,
-                                n_slices=n_slices, subject=args.subject)  # fmt: skip
-    elif args.phantom in ("shepp-logan", "shepp_logan"):
-        phantom = shepp_logan_phantom(matrix=matrix, fov_m=fov_m, field_T=site.field_T, n_slices=n_slices,
-                                      slice_thickness_m=spacing)  # fmt: skip
-    elif Path(args.phantom).suffix in (".h5", ".hdf5"):
-        phantom = load_phantom(args.phantom)
+    phantom = phantom_from_spec(
+        args.phantom, field_T=site.field_T, fov_m=fov_m, matrix=matrix, slice_thickness_m=spacing,
+        n_slices=n_slices, subject=args.subject,
+    )  # fmt: skip
+    if Path(args.phantom).suffix in (".h5", ".hdf5"):
         z_offset = 0.0  # a user's phantom keeps its own geometry
-    else:
-        raise ValueError(f"--phantom {args.phantom!r} is not allowed; use brain, shepp-logan or a FILE.h5")
     phantom.offset_m = (0.0, 0.0, z_offset)
     duration = float(sum(seq.block_durations.values())) if hasattr(seq, "block_durations") else 0.0
     motion = parse_motion(args.motion, duration) if args.motion else None
