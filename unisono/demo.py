@@ -83,6 +83,7 @@ def run_demo(config: DemoConfig, print_fn: Callable[[str], None] = print) -> dic
     """Run the whole chain and return the summary (also written to ``summary.json``)."""
     # Heavy imports here: `unisono --help` must stay instant.
     import sequences
+    from gadgets import load_chain
     from gadgets.server import MRDServer
 
     out = Path(config.out)
@@ -104,12 +105,17 @@ def run_demo(config: DemoConfig, print_fn: Callable[[str], None] = print) -> dic
         f"{built.seq.duration()[0]:.2f} s scan time -> {seq_path}",
     )
 
+    # the standard chain with the demo's profile, sent as chain text (MRD config text, id 2)
+    chain = load_chain(config.chain, overrides={"harmonize": {"profile": config.harmonization_profile}})
+    chain_text = chain.to_toml()
     server = MRDServer(host="127.0.0.1", port=0, raw_dir=out / "server-raw")
     server.start()
     results: list[SiteResult] = []
     try:
         for index, site_name in enumerate(config.sites):
-            results.append(_scan_site(config, built, seq_path, site_name, index, server.port, out, print_fn))
+            results.append(
+                _scan_site(config, built, chain_text, site_name, index, server.port, out, print_fn)
+            )
     finally:
         server.stop()
 
@@ -172,7 +178,7 @@ def run_demo(config: DemoConfig, print_fn: Callable[[str], None] = print) -> dic
     return summary
 
 
-def _scan_site(config, built, seq_path, site_name, index, port, out, print_fn) -> SiteResult:
+def _scan_site(config, built, chain_text, site_name, index, port, out, print_fn) -> SiteResult:
     import gadgets
     import simulator
     from gadgets.export import export_nifti
@@ -213,10 +219,7 @@ def _scan_site(config, built, seq_path, site_name, index, port, out, print_fn) -
     )
 
     t0 = time.perf_counter()
-    chain = gadgets.load_chain(
-        config.chain, overrides={"harmonize": {"profile": config.harmonization_profile}}
-    )
-    images = gadgets.send_file(raw_file, host="127.0.0.1", port=port, chain_text=chain.to_toml())
+    images = gadgets.send_file(raw_file, host="127.0.0.1", port=port, chain_text=chain_text)
     timings["stream_and_recon"] = time.perf_counter() - t0
     image_file = out / f"images_{site_name}.h5"
     gadgets.write_images(image_file, header, images, mode="w")
