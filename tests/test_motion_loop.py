@@ -74,8 +74,9 @@ def test_feedback_round_trips_to_the_scanner_and_changes_the_blocks_it_plays(sca
     assert seq_plus_one - 1 in sent
     fb = sent[seq_plus_one - 1]
     assert np.allclose(t, fb.translation_mm, atol=1e-4) and np.allclose(r, fb.rotation_deg, atol=1e-4)
-    # poses inside the scanner's dead band (0.5 mm) are received but not applied
-    assert all(np.abs(f.translation_mm).max() <= 0.5 for f in on["channel"].received if f.seq < fb.seq)
+    # poses inside the scanner's dead band are received but not applied
+    band = on["channel"].min_change_mm
+    assert all(np.abs(f.translation_mm).max() <= band for f in on["channel"].received if f.seq < fb.seq)
     # before the first applied pose both scans played the same blocks: identical data;
     # after it the corrected blocks (phase-tracked RF and receiver) give different data
     first = int(tagged[0].scan_counter)
