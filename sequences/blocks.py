@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -161,6 +162,37 @@ def make_readout(
         system.block_duration_raster,
     )
     return Readout(grad, adc, t_center, area_to_center, duration, amplitude, dwell, n_samples)
+
+
+def cartesian_readout_samples(n: int, oversampling: int, system: SystemProfile) -> int:
+    """ADC samples of a Cartesian readout of ``n`` pixels at ``oversampling``; checks both fit.
+
+    Raises :class:`ProtocolError` naming ``matrix`` when ``n`` is odd (sample and line N/2 must
+    be the k-space centre) or when the sample count is not a multiple of the system's ADC divisor.
+    """
+    if n % 2:
+        raise ProtocolError(f"matrix = {n} must be even so that sample and line N/2 are the k-space centre.")
+    n_samples = n * oversampling
+    if n_samples % system.adc_samples_divisor:
+        raise ProtocolError(
+            f"matrix = {n} with readout_oversampling = {oversampling} gives {n_samples} samples; "
+            f"system {system.name} needs a multiple of {system.adc_samples_divisor}."
+        )
+    return n_samples
+
+
+def slice_passes(
+    p: dict, z_pos: list[float], slice_gradient_hz_per_m: float
+) -> Iterator[tuple[dict[str, int], float]]:
+    """Every pass over the slices, repetitions outermost, then averages, then slices.
+
+    Yields the MRD counters ``{"slc", "avg", "rep"}`` of the pass and the RF frequency offset
+    (Hz) that moves the excitation to slice position ``z_pos[slc]`` (m).
+    """
+    for rep in range(p["n_repetitions"]):
+        for avg in range(p["n_averages"]):
+            for slc, z in enumerate(z_pos):
+                yield {"slc": slc, "avg": avg, "rep": rep}, slice_gradient_hz_per_m * z
 
 
 def min_trap_duration(area: float, system: SystemProfile) -> float:

@@ -32,6 +32,7 @@ import numpy as np
 import pypulseq as pp
 
 from sequences.blocks import (
+    cartesian_readout_samples,
     ceil_to,
     delay_block,
     is_multiple,
@@ -49,7 +50,7 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence
 from sequences.gre import slice_positions
-from sequences.header import EncodingInfo, protocol_header
+from sequences.header import planar_encoding, protocol_header
 from sequences.protocol import ProtocolError
 from sequences.se import interleaved_order
 from sequences.systems import SystemProfile
@@ -206,14 +207,7 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     """Build ``kind`` ('epi2d' or 'dwi_epi') from resolved SI parameters ``p`` for ``system``."""
     fov, n, os = p["fov"], p["matrix"], p["readout_oversampling"]
     soft = system.with_slew(p["aux_gradient_slew"])  # prephasers, spoilers, crushers: lower PNS
-    if n % 2:
-        raise ProtocolError(f"matrix = {n} must be even so that line N/2 is the k-space centre.")
-    n_samples = n * os
-    if n_samples % system.adc_samples_divisor:
-        raise ProtocolError(
-            f"matrix = {n} with readout_oversampling = {os} gives {n_samples} samples; system {system.name} "
-            f"needs a multiple of {system.adc_samples_divisor}."
-        )
+    n_samples = cartesian_readout_samples(n, os, system)
     thk = p["slice_thickness"]
     rb = system.block_duration_raster
     dwell = quantised_dwell(p["readout_bandwidth"], n_samples, p["dwell_raster"], system)
@@ -393,18 +387,17 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     if dwi:
         seq.set_definition("BValues", [b * 1e-6 for b, _ in encodings])
 
-    enc = EncodingInfo(
-        trajectory="epi",
-        encoded_matrix=(n_samples, n, 1),
-        encoded_fov_m=(fov * os, fov, thk),
-        recon_matrix=(n, n, 1),
-        recon_fov_m=(fov, fov, thk),
-        limits={
+    enc = planar_encoding(
+        "epi",
+        n_samples,
+        n,
+        fov,
+        thk,
+        os,
+        p,
+        {
             "kspace_encoding_step_0": (0, n_samples - 1, n_samples // 2),
             "kspace_encoding_step_1": (0, n - 1, n // 2),
-            "slice": (0, p["n_slices"] - 1, 0),
-            "average": (0, p["n_averages"] - 1, 0),
-            "repetition": (0, p["n_repetitions"] - 1, 0),
             "set": (0, len(encodings) - 1, 0),
             "segment": (0, max(train.n_ref - 1, 0), 0),
         },

@@ -31,6 +31,7 @@ import numpy as np
 import pypulseq as pp
 
 from sequences.blocks import (
+    cartesian_readout_samples,
     ceil_to,
     delay_block,
     labels,
@@ -44,12 +45,12 @@ from sequences.blocks import (
     scaled_trap,
     set_definitions,
     slice_excitation,
+    slice_passes,
     trap_with_duration,
 )
 from sequences.built import BuiltSequence
 from sequences.header import EncodingInfo, protocol_header
 from sequences.navigator import make_navigator
-from sequences.protocol import ProtocolError
 from sequences.systems import SystemProfile
 
 #: golden angle for 2D radial sampling [rad] (180 deg / golden ratio)
@@ -89,14 +90,7 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     fov, n = p["fov"], p["matrix"]
     soft = system.with_slew(p["aux_gradient_slew"])  # prephasers, spoilers, crushers: lower PNS
     os = p["readout_oversampling"]
-    if n % 2:
-        raise ProtocolError(f"matrix = {n} must be even so that sample N/2 is the k-space centre.")
-    n_samples = n * os
-    if n_samples % system.adc_samples_divisor:
-        raise ProtocolError(
-            f"matrix = {n} with readout_oversampling = {os} gives {n_samples} samples; system {system.name} "
-            f"needs a multiple of {system.adc_samples_divisor}."
-        )
+    n_samples = cartesian_readout_samples(n, os, system)
     is3d = kind == "gre3d"
     thickness = p["slab_thickness"] if is3d else p["slice_thickness"]
     dwell = quantised_dwell(p["readout_bandwidth"], n_samples, p["dwell_raster"], system)
@@ -200,17 +194,13 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         if tr_delay is not None:
             seq.add_block(tr_delay)
 
-    for rep in range(p["n_repetitions"]):
-        for avg in range(p["n_averages"]):
-            for slc, z in enumerate(z_pos):
-                freq = exc.grad.amplitude * z
-                for _ in range(p["dummy_scans"]):
-                    one_tr(freq, lines[0], None)
-                for i, line in enumerate(lines):
-                    if nav is not None and i % nav_every == 0:
-                        nav.add_to(seq, freq, {"slc": slc, "avg": avg, "rep": rep})
-                    lab = {"lin": line.lin, "par": line.par, "slc": slc, "avg": avg, "rep": rep}
-                    one_tr(freq, line, lab)
+    for counters, freq in slice_passes(p, z_pos, exc.grad.amplitude):
+        for _ in range(p["dummy_scans"]):
+            one_tr(freq, lines[0], None)
+        for i, line in enumerate(lines):
+            if nav is not None and i % nav_every == 0:
+                nav.add_to(seq, freq, counters)
+            one_tr(freq, line, {"lin": line.lin, "par": line.par, **counters})
 
     return _finish(
         p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actual, te_min, tr_used, nav

@@ -52,6 +52,40 @@ class EncodingInfo:
     echo_train_length: int | None = None
 
 
+def planar_encoding(
+    trajectory: str,
+    n_read: int,
+    n: int,
+    fov: float,
+    thickness: float,
+    readout_oversampling: int,
+    p: Mapping[str, int],
+    kspace_limits: Mapping[str, tuple[int, int, int]],
+    **extra: object,
+) -> EncodingInfo:
+    """A slice-by-slice 2-D encoding: ``n_read`` samples over ``fov * readout_oversampling``
+    by ``n`` lines over ``fov`` (m), reconstructed ``n`` x ``n``, one slice ``thickness`` (m) thick.
+
+    Slice, average and repetition limits come from the protocol parameters ``p``
+    (``n_slices``, ``n_averages``, ``n_repetitions``); ``kspace_limits`` adds the k-space and
+    any other limits; ``extra`` sets the remaining :class:`EncodingInfo` fields.
+    """
+    return EncodingInfo(
+        trajectory=trajectory,
+        encoded_matrix=(n_read, n, 1),
+        encoded_fov_m=(fov * readout_oversampling, fov, thickness),
+        recon_matrix=(n, n, 1),
+        recon_fov_m=(fov, fov, thickness),
+        limits={
+            **kspace_limits,
+            "slice": (0, p["n_slices"] - 1, 0),
+            "average": (0, p["n_averages"] - 1, 0),
+            "repetition": (0, p["n_repetitions"] - 1, 0),
+        },
+        **extra,  # type: ignore[arg-type]
+    )
+
+
 def make_header(
     *,
     protocol_name: str,

@@ -38,6 +38,7 @@ import numpy as np
 import pypulseq as pp
 
 from sequences.blocks import (
+    cartesian_readout_samples,
     ceil_to,
     delay_block,
     labels,
@@ -53,7 +54,7 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence
 from sequences.gre import slice_positions
-from sequences.header import EncodingInfo, protocol_header
+from sequences.header import planar_encoding, protocol_header
 from sequences.protocol import ProtocolError
 from sequences.systems import SystemProfile
 
@@ -77,14 +78,7 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     """Build ``kind`` ('se2d' or 'tse2d') from resolved SI parameters ``p`` for ``system``."""
     fov, n, os = p["fov"], p["matrix"], p["readout_oversampling"]
     soft = system.with_slew(p["aux_gradient_slew"])  # prephasers, spoilers, crushers: lower PNS
-    if n % 2:
-        raise ProtocolError(f"matrix = {n} must be even so that line N/2 is the k-space centre.")
-    n_samples = n * os
-    if n_samples % system.adc_samples_divisor:
-        raise ProtocolError(
-            f"matrix = {n} with readout_oversampling = {os} gives {n_samples} samples; system {system.name} "
-            f"needs a multiple of {system.adc_samples_divisor}."
-        )
+    n_samples = cartesian_readout_samples(n, os, system)
     etl = p["echo_train_length"] if kind == "tse2d" else 1
     if n % etl:
         raise ProtocolError(
@@ -253,18 +247,17 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     if inv is not None:
         seq.set_definition("TI", ti_actual)
 
-    enc = EncodingInfo(
-        trajectory="cartesian",
-        encoded_matrix=(n_samples, n, 1),
-        encoded_fov_m=(fov * os, fov, thk),
-        recon_matrix=(n, n, 1),
-        recon_fov_m=(fov, fov, thk),
-        limits={
+    enc = planar_encoding(
+        "cartesian",
+        n_samples,
+        n,
+        fov,
+        thk,
+        os,
+        p,
+        {
             "kspace_encoding_step_0": (0, n_samples - 1, n_samples // 2),
             "kspace_encoding_step_1": (0, n - 1, n // 2),
-            "slice": (0, p["n_slices"] - 1, 0),
-            "average": (0, p["n_averages"] - 1, 0),
-            "repetition": (0, p["n_repetitions"] - 1, 0),
             "segment": (0, etl - 1, e_te),
         },
         echo_train_length=etl if kind == "tse2d" else None,

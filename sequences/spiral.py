@@ -40,11 +40,12 @@ from sequences.blocks import (
     round_to,
     set_definitions,
     slice_excitation,
+    slice_passes,
     trap_with_duration,
 )
 from sequences.built import BuiltSequence
 from sequences.gre import slice_positions
-from sequences.header import EncodingInfo, protocol_header
+from sequences.header import planar_encoding, protocol_header
 from sequences.protocol import ProtocolError
 from sequences.systems import SystemProfile
 
@@ -213,14 +214,11 @@ def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "sp
         if tr_delay is not None:
             seq.add_block(tr_delay)
 
-    for rep in range(p["n_repetitions"]):
-        for avg in range(p["n_averages"]):
-            for slc, z in enumerate(z_pos):
-                freq = exc.grad.amplitude * z
-                for _ in range(p["dummy_scans"]):
-                    one_tr(freq, 0, None)
-                for i in range(n_int):
-                    one_tr(freq, i, {"lin": i, "slc": slc, "avg": avg, "rep": rep})
+    for counters, freq in slice_passes(p, z_pos, exc.grad.amplitude):
+        for _ in range(p["dummy_scans"]):
+            one_tr(freq, 0, None)
+        for i in range(n_int):
+            one_tr(freq, i, {"lin": i, **counters})
 
     set_definitions(
         seq, protocol=protocol, system=system, fov_m=(fov, fov, thk), matrix=(n, n, 1),
@@ -228,19 +226,15 @@ def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "sp
         slice_thickness=thk, slice_positions=z_pos, trajectory="spiral",
     )  # fmt: skip
 
-    enc = EncodingInfo(
-        trajectory="spiral",
-        encoded_matrix=(n, n, 1),
-        encoded_fov_m=(fov, fov, thk),
-        recon_matrix=(n, n, 1),
-        recon_fov_m=(fov, fov, thk),
-        limits={
-            "kspace_encoding_step_0": (0, n_samples - 1, 0),
-            "kspace_encoding_step_1": (0, n_int - 1, 0),
-            "slice": (0, p["n_slices"] - 1, 0),
-            "average": (0, p["n_averages"] - 1, 0),
-            "repetition": (0, p["n_repetitions"] - 1, 0),
-        },
+    enc = planar_encoding(
+        "spiral",
+        n,
+        n,
+        fov,
+        thk,
+        1,
+        p,
+        {"kspace_encoding_step_0": (0, n_samples - 1, 0), "kspace_encoding_step_1": (0, n_int - 1, 0)},
         trajectory_id="unisono.spiral_archimedean",
         trajectory_long={"n_interleaves": n_int, "n_samples": n_samples},
         trajectory_double={"k_max_per_m": k_max, "dwell_us": dwell * 1e6, "fov_m": fov},
