@@ -12,11 +12,12 @@ scanner tags each readout with the pose a it applied (``gadgets.feedback``),
 and the head pose sent back is a ∘ r.
 
 With ``method = "image"`` the gadget instead reconstructs a low-resolution
-magnitude image of every repetition (central ``lowres_lines`` k-space lines,
-FFT, root-sum-of-squares) and registers it to the first repetition's image
-(single-slice 2D data: tx, ty, rz; :func:`recon.registration.register_rigid` also does
-3D, which this gadget does not yet feed) -- slower feedback, but it sees
-rotations the two projection navigators cannot.
+magnitude image of every repetition (central ``lowres_lines`` k-space lines and
+partitions, FFT, root-sum-of-squares) and registers it to the first repetition's
+image with :func:`recon.registration.register_rigid`: single-slice 2D data give
+tx, ty and rz (slice-to-slice), 3D data (gre3d partitions) all six parameters
+(volume-to-volume) -- slower feedback, but it sees the rotations and the
+through-plane motion the two projection navigators cannot.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from gadgets.feedback import (
     rotation_matrix,
 )
 from recon.fft import ifftnc
-from recon.registration import projection_shift, register_rigid
+from recon.registration import fixed_receive_field, projection_shift, register_rigid
 
 __all__ = ["motion_estimation", "TIME_TICK_S"]
 
@@ -116,16 +117,16 @@ def motion_estimation(
         enc = connection.header.encoding[0]
         limits = enc.encodingLimits
         n_slices = 1 + int(limits.slice.maximum) if limits is not None and limits.slice is not None else 1
-        if int(enc.encodedSpace.matrixSize.z) > 1 or n_slices > 1:
+        if n_slices > 1:
             raise ValueError(
-                "motion gadget method 'image' supports single-slice 2D data; this stream has "
-                f"{int(enc.encodedSpace.matrixSize.z)} partitions and {n_slices} slices "
-                "(use method 'navigator')"
+                "motion gadget method 'image' supports single-slice 2D data or one 3D volume; this "
+                f"stream has {n_slices} slices (use method 'navigator')"
             )
     state = _NavState()
-    images: dict[int, dict[int, np.ndarray]] = {}
+    images: dict[int, dict[tuple[int, int], np.ndarray]] = {}  # repetition -> (line, partition) -> data
     reference_image: tuple[torch.Tensor, tuple[float, ...], tuple[np.ndarray, np.ndarray]] | None = None
     reference_image_s: float | None = None
+    field_map = torch.ones(())
     seq = 0
     last_sent_s = -np.inf
     last_pose = (np.zeros(3), np.zeros(3))  # what the scanner runs with before any feedback
@@ -189,7 +190,8 @@ def motion_estimation(
             continue
         if method == "image" and not item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
             rep = int(item.idx.repetition)
-            images.setdefault(rep, {})[int(item.idx.kspace_encode_step_1)] = np.asarray(item.data)
+            key = (int(item.idx.kspace_encode_step_1), int(item.idx.kspace_encode_step_2))
+            images.setdefault(rep, {})[key] = np.asarray(item.data)
             done = item.is_flag_set(ismrmrd.ACQ_LAST_IN_REPETITION) or item.is_flag_set(
                 ismrmrd.ACQ_LAST_IN_MEASUREMENT
             )
@@ -198,10 +200,12 @@ def motion_estimation(
                 img, spacing = _lowres_image(lines, connection.header, lowres_lines)
                 pose = applied_pose(item)[:2]
                 if reference_image is None:
-                    reference_image = (img, spacing, pose)
+                    # the coils' shading is the scanner's: fitted once, divided out of every image
+                    field_map = fixed_receive_field(img)
+                    reference_image = (img / field_map, spacing, pose)
                     reference_image_s = int(item.acquisition_time_stamp) * TIME_TICK_S
                 else:
-                    est = register_rigid(img, reference_image[0], spacing)
+                    est = register_rigid(img / field_map, reference_image[0], spacing, mask=_interior(img))
                     head = compose(pose, (np.asarray(est.translation_mm), np.asarray(est.rotation_deg)))
                     observed = (True, True, False, False, False, True) if img.ndim == 2 else (True,) * 6
                     send_estimate(
@@ -247,26 +251,51 @@ def _navigator_pair(
     return head_t, head_r
 
 
-def _lowres_image(
-    lines: dict[int, np.ndarray], header: Any, lowres_lines: int
-) -> tuple[torch.Tensor, tuple[float, float]]:
-    """Magnitude (y, x) image from the central ``lowres_lines`` lines of one repetition, and its spacing.
+def _interior(img: torch.Tensor) -> torch.Tensor | None:
+    """3D: the partitions away from the slab's faces (None in 2D, where every pixel counts).
 
-    Returns (image, (dy, dx) mm).
+    The slab-selective excitation does not move with the head: its outer partitions
+    show the fixed slab profile and, as anatomy leaves through them, would pull the
+    registration towards no motion.
+    """
+    if img.ndim == 2:
+        return None
+    mask = torch.zeros(img.shape, dtype=torch.bool)
+    edge = max(1, img.shape[0] // 8)
+    mask[edge : img.shape[0] - edge] = True
+    return mask
+
+
+def _lowres_image(
+    lines: dict[tuple[int, int], np.ndarray], header: Any, lowres_lines: int
+) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """Magnitude image of one repetition from its central k-space, and its voxel spacing (mm).
+
+    ``lines`` maps (line, partition) to a readout (coils, samples). The central
+    ``lowres_lines`` lines (and as many partitions, when the data are 3D) are kept, with the
+    readout samples that span the same k extent; zero-filled where a line is missing.
+
+    Returns (image (y, x) or (z, y, x), spacing (dy, dx) or (dz, dy, dx) mm).
     """
     enc = header.encoding[0]
     ny = int(enc.encodedSpace.matrixSize.y)
+    nz = max(int(enc.encodedSpace.matrixSize.z), 1)
     ncoil, nx = next(iter(lines.values())).shape
     n = min(lowres_lines, ny)
-    k = torch.zeros(ncoil, n, nx, dtype=torch.complex64)
-    lo = ny // 2 - n // 2
-    for line, d in lines.items():
-        if lo <= line < lo + n:
-            k[:, line - lo] = torch.from_numpy(d)
+    nzl = min(lowres_lines, nz)
+    k = torch.zeros(ncoil, nzl, n, nx, dtype=torch.complex64)
+    lo, lo_z = ny // 2 - n // 2, nz // 2 - nzl // 2
+    for (line, part), d in lines.items():
+        if lo <= line < lo + n and lo_z <= part < lo_z + nzl:
+            k[:, part - lo_z, line - lo] = torch.from_numpy(d)
     fov_x = float(enc.encodedSpace.fieldOfView_mm.x)
     fov_y = float(enc.encodedSpace.fieldOfView_mm.y)
+    fov_z = float(enc.encodedSpace.fieldOfView_mm.z)
     # m readout samples around k = 0 span the same k extent along x as the n lines along y
     m = min(nx, 2 * round(n * fov_x / fov_y / 2))
     k = k[..., nx // 2 - m // 2 : nx // 2 - m // 2 + m]
-    img = ifftnc(k, (-2, -1)).abs().square().sum(0).sqrt()
-    return img, (fov_y / n, fov_x / m)
+    if nz == 1:
+        img = ifftnc(k[:, 0], (-2, -1)).abs().square().sum(0).sqrt()
+        return img, (fov_y / n, fov_x / m)
+    img = ifftnc(k, (-3, -2, -1)).abs().square().sum(0).sqrt()
+    return img, (fov_z / nzl, fov_y / n, fov_x / m)

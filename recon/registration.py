@@ -20,13 +20,21 @@ reference is at ``R p + t`` in the moving data, ``R = Rz Ry Rx`` (degrees about 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RigidEstimate", "projection_shift", "register_rigid", "rotation_matrix_t", "warp_rigid"]
+__all__ = [
+    "RigidEstimate",
+    "fixed_receive_field",
+    "projection_shift",
+    "register_rigid",
+    "rotation_matrix_t",
+    "warp_rigid",
+]
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,41 @@ def _downsample(image: torch.Tensor, factor: int) -> torch.Tensor:
         return image
     pool = F.avg_pool2d if image.ndim == 2 else F.avg_pool3d
     return pool(image[None, None], factor, ceil_mode=True)[0, 0]
+
+
+def fixed_receive_field(image: torch.Tensor, order: int = 2, quantile: float = 0.5) -> torch.Tensor:
+    """Smooth multiplicative shading of a magnitude image: exp of a polynomial fitted to log(I).
+
+    Receive-coil sensitivities (and B1+) stay with the scanner while the head moves, so the
+    shading they put on a low-resolution image does not move with the anatomy and pulls a
+    rigid registration towards no motion (a single ring of loops halved through-plane
+    rotations in the simulator). Fitted once on the reference and divided out of the
+    reference *and* of every moving image, it leaves images that move rigidly with the head.
+
+    The fit uses the brighter half (``quantile``) of the voxels above 10 % of the maximum:
+    tissue of similar intensity, so that the polynomial follows the shading, not the anatomy.
+
+    Args:
+        image: real (y, x) or (z, y, x) magnitude image.
+        order: total polynomial degree in the normalised coordinates (2 = quadratic).
+        quantile: fraction of the foreground intensities below which voxels are left out.
+    Returns:
+        the field, same shape as ``image`` (float64), 1 on average over the fitted voxels.
+    """
+    img = image.detach().abs().to(torch.float64).cpu()
+    axes = torch.meshgrid(
+        *[torch.linspace(-1.0, 1.0, n, dtype=torch.float64) for n in img.shape], indexing="ij"
+    )
+    fg = img > 0.1 * float(img.max())
+    if int(fg.sum()) < 10:
+        return torch.ones_like(img)
+    fit = fg & (img >= torch.quantile(img[fg], quantile))
+    powers = [p for p in itertools.product(range(order + 1), repeat=img.ndim) if 0 < sum(p) <= order]
+    cols = [torch.ones_like(img)] + [math.prod(a**k for a, k in zip(axes, p, strict=True)) for p in powers]
+    design = torch.stack([c[fit] for c in cols], 1)
+    coef = torch.linalg.lstsq(design, torch.log(img[fit])[:, None]).solution[:, 0]
+    log_field = sum(c * k for c, k in zip(cols, coef, strict=True)) - coef[0]
+    return torch.exp(log_field)
 
 
 def register_rigid(

@@ -16,7 +16,7 @@ from recon.motion_correction import (
     rotated_coordinates,
     undo_translation,
 )
-from recon.registration import projection_shift, register_rigid
+from recon.registration import fixed_receive_field, projection_shift, register_rigid
 
 # (centre x mm, centre y mm, width mm, amplitude): an asymmetric object, so rotations are visible
 BLOBS = [(-20.0, 10.0, 18.0, 1.0), (30.0, -20.0, 10.0, 0.7), (0.0, 40.0, 7.0, 0.5), (10.0, 0.0, 40.0, 0.3)]
@@ -132,6 +132,54 @@ def test_register_rigid_3d_recovers_six_parameters():
     est = register_rigid(moved, ref, (spacing, spacing, spacing), levels=2, iterations=60, tolerance=1e-7)
     assert est.translation_mm == pytest.approx(tuple(t.tolist()), abs=0.1)
     assert est.rotation_deg == pytest.approx(rot, abs=0.15)
+
+
+def _head_and_shading(n: int = 32, spacing: float = 3.0):
+    """A 3D 'head' (ellipsoid of tissue with blobs) and a scanner-fixed quadratic shading."""
+    ax = (torch.arange(n, dtype=torch.float64) - n // 2) * spacing
+    zz, yy, xx = torch.meshgrid(ax, ax, ax, indexing="ij")
+    pts = torch.stack([xx, yy, zz], -1)
+
+    def head(p: torch.Tensor) -> torch.Tensor:
+        r2 = (p[..., 0] / 40) ** 2 + (p[..., 1] / 45) ** 2 + (p[..., 2] / 35) ** 2
+        f = torch.sigmoid((1 - r2) * 12)  # smooth skull edge
+        for c, w, a in BLOBS_3D:
+            d2 = ((p - torch.tensor(c, dtype=torch.float64)) ** 2).sum(-1)
+            f = f - 0.5 * a * torch.exp(-d2 / (2 * w * w))
+        return f.clamp_min(0)
+
+    u = pts / (n * spacing / 2)
+    shading = torch.exp(-0.8 * u[..., 2] ** 2 - 0.3 * u[..., 0] ** 2 + 0.25 * u[..., 1])
+    return pts, head, shading
+
+
+def test_fixed_receive_field_recovers_a_known_shading():
+    pts, head, shading = _head_and_shading()
+    image = head(pts) * shading
+    field = fixed_receive_field(image)
+    tissue = head(pts) > 0.9
+    # the field is defined up to a constant factor: compare shapes
+    ratio = (field / shading)[tissue]
+    assert float(ratio.std() / ratio.mean()) < 0.03
+
+
+def test_fixed_shading_biases_registration_unless_divided_out():
+    """The shading stays with the scanner while the head moves (receive coils)."""
+    pts, head, shading = _head_and_shading()
+    t = torch.tensor([1.0, -1.5, 2.0], dtype=torch.float64)
+    rot = (4.0, -3.0, 2.0)
+    r = torch.from_numpy(rotation_matrix(rot))
+    ref = head(pts) * shading
+    moved = head((pts - t) @ r) * shading
+    sp = (3.0, 3.0, 3.0)
+    kw = dict(levels=2, iterations=60, tolerance=1e-7)
+    naive = register_rigid(moved, ref, sp, **kw)
+    field = fixed_receive_field(ref)
+    corrected = register_rigid(moved / field, ref / field, sp, **kw)
+    err = lambda e: max(abs(a - b) for a, b in zip(e.rotation_deg, rot, strict=True))  # noqa: E731
+    assert err(corrected) < 0.2
+    assert err(naive) > 2 * err(corrected)
+    assert corrected.translation_mm == pytest.approx(tuple(t.tolist()), abs=0.15)
 
 
 def test_register_rigid_rejects_mismatched_input():

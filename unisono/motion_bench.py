@@ -119,6 +119,77 @@ def standard_trajectory(name: str, duration_s: float):
     raise ValueError(f"motion benchmark trajectory must be one of {TRAJECTORIES}, got {name!r}")
 
 
+#: volume-to-volume check of the image method: poses (translation mm, rotation deg) reached
+#: between two gre3d repetitions -- the nod's peak, the drift's end, and one in every component
+VOLUME_POSES = (
+    ((0.0, 4.0, 1.0), (2.0, 0.0, 0.0)),
+    ((1.5, 3.0, 0.0), (0.0, 0.0, 0.0)),
+    ((3.0, -2.0, 3.0), (3.0, -2.0, 4.0)),
+)
+
+
+def volume_pose_estimate(
+    translation_mm: tuple[float, float, float],
+    rotation_deg: tuple[float, float, float],
+    device: str = "cpu",
+    seed: int = 0,
+) -> Any:
+    """The image method's estimate for a head that moves by the given pose between two volumes.
+
+    A whole-brain gre3d slab (16 x 16 x 16 at 13.75 x 13.75 x 10 mm, TR 100 ms, flip 70 deg, two
+    repetitions) is simulated on the brain phantom at siteA with the move at the repetition
+    boundary and streamed through ``cartesian-motion`` with ``method = "image"``; returns the
+    one :class:`gadgets.feedback.MotionFeedback` it sends (about 10 s on one CPU core).
+    """
+    import gadgets
+    import sequences
+    import simulator
+    from gadgets.feedback import decode, is_feedback
+    from simulator.motion import MotionTrajectory
+
+    built = sequences.build_protocol(
+        "gre3d",
+        overrides={"matrix": 16, "n_partitions": 16, "slab_thickness": 160.0, "n_repetitions": 2,
+                   "TR": 100.0, "flip_angle": 70.0, "dummy_scans": 4},
+    )  # fmt: skip
+    site = simulator.load_site("siteA")
+    header = simulator.with_site(built.header, site)
+    phantom = simulator.brain_phantom(
+        field_T=site.field_T, fov_m=0.22, matrix=16, slice_thickness_m=0.01, n_slices=16
+    )
+    half = float(built.seq.duration()[0]) / 2
+    motion = MotionTrajectory([0, half - 0.01, half], [[0, 0, 0], [0, 0, 0], list(translation_mm)],
+                              [[0, 0, 0], [0, 0, 0], list(rotation_deg)])  # fmt: skip
+    acqs = simulator.simulate(
+        built.seq, phantom, site, header=header, device=device, isochromats_per_voxel=4,
+        spins_per_isochromat=2, seed=seed, motion=motion,
+    )  # fmt: skip
+    chain = gadgets.load_chain("cartesian-motion", overrides={"motion": {"method": "image"}})
+    out = gadgets.run_chain(chain, header, list(acqs), images_only=False)
+    estimates = [decode(o) for o in out if is_feedback(o)]
+    if len(estimates) != 1:
+        raise RuntimeError(f"the image method sent {len(estimates)} estimates for two volumes, expected 1")
+    return estimates[0]
+
+
+def _volume_estimation(device: str) -> dict[str, Any]:
+    """RMS error of the volume-to-volume image method over :data:`VOLUME_POSES`."""
+    err_t, err_r, rows = [], [], []
+    for t, r in VOLUME_POSES:
+        fb = volume_pose_estimate(t, r, device)
+        err_t.extend(np.subtract(fb.translation_mm, t).tolist())
+        err_r.extend(np.subtract(fb.rotation_deg, r).tolist())
+        rows.append({"truth": [*t, *r], "estimate": [*fb.translation_mm, *fb.rotation_deg]})
+    return {
+        "protocol": "gre3d 16x16x16, 13.75 x 13.75 x 10 mm, TR 100 ms, flip 70 deg, 2 repetitions",
+        "rms_mm": float(np.sqrt(np.mean(np.square(err_t)))),
+        "rms_deg": float(np.sqrt(np.mean(np.square(err_r)))),
+        "max_abs_mm": float(np.max(np.abs(err_t))),
+        "max_abs_deg": float(np.max(np.abs(err_r))),
+        "poses": rows,
+    }
+
+
 def _oracle_channel(motion, base: type, dead_band: tuple[float, float]) -> Any:
     """A scanner feedback channel fed the *true* pose at each navigator pair (ignores the server).
 
@@ -278,7 +349,8 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     Options (``--set KEY=VALUE``): matrix, isochromats, site, navigator_every,
     navigator_flip_deg, rf_duration_ms, rf_dwell_us, seed (see :class:`BenchSettings`),
     trajectories (comma-separated subset of drift,step,nod), out (folder for scans and the
-    PNG; a temporary one when absent), png (path of the traces figure).
+    PNG; a temporary one when absent), png (path of the traces figure), volume (on/off: the
+    volume-to-volume image method's error over :data:`VOLUME_POSES`, about 30 s).
 
     ``repeats`` is not used: every scan is one live acquisition; latency statistics pool
     the feedback messages of all scans instead.
@@ -291,7 +363,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     from recon.device import resolve_device
     from unisono.scan import ScannerFeedback, ScanRequest, run_scan
 
-    known = set(BenchSettings.__dataclass_fields__) | {"trajectories", "out", "png"}
+    known = set(BenchSettings.__dataclass_fields__) | {"trajectories", "out", "png", "volume"}
     unknown = sorted(set(opts) - known)
     if unknown:
         raise ValueError(
@@ -395,6 +467,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
                                 motion.transform_at(fb.reference_time_s or 0.0).translation_mm)  # fmt: skip
             all_err_t.extend((np.asarray(fb.translation_mm) - truth)[np.asarray(fb.observed[:3])].tolist())
     _plot(traces, png)
+    volume = _volume_estimation(dev) if opts.get("volume", "on") != "off" else None
     rt = np.concatenate(round_trips) if round_trips else np.zeros(0)
     recovered = [r["ssim_recovered_prospective"] for r in results.values() if r["ssim_recovered_prospective"]]
 
@@ -425,6 +498,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
             "estimator = gadget's time from the navigator's arrival to sending its feedback",
         },
         "ssim_recovered_prospective_mean": float(np.mean(recovered)) if recovered else None,
+        "estimation_image_volume": volume,
         "goals": {"rms_mm": 0.5, "rms_deg": 0.5, "latency_median_ms": 20.0, "ssim_recovered": 0.8},
         "traces_png": str(png),
         "out": str(out_root),
