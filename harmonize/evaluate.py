@@ -10,11 +10,17 @@ units can share one table:
 - w1: Wasserstein-1 between the pair's masked intensity histograms divided by
   the subject's mean WM–CSF contrast in the same units (lower = more alike).
 - tissue_spread: across-site sd of CSF/GM/WM means over WM–CSF contrast.
-- site_accuracy: leave-one-subject-out nearest-centroid site classifier (chance 1/n_sites).
-- structure: SSIM structure term against the unharmonized scan (anatomy kept = 1).
-- atrophy_r: Pearson r of the atrophy factor with the CSF fraction from ONE
-  threshold for all images (a pooled multi-site analysis); atrophy_r_per_image
-  uses a threshold per image.
+- site_accuracy: leave-one-subject-out site classifier (diagonal LDA on intensity
+  quantiles and a noise-texture feature; chance 1/n_sites); site_accuracy_nc: the
+  earlier nearest-centroid classifier, kept for comparison.
+- structure: SSIM structure term against the unharmonized scan (anatomy kept = 1);
+  structure_lowpass: the same after a 1-px Gaussian low-pass of both (noise removed
+  from the comparison, see metrics.structure_similarity).
+- atrophy_r_per_image: Pearson r of the atrophy factor with the CSF read-out of
+  harmonize.volumes.csf_signal_fractions (linear partial-volume unmixing of the mean,
+  per image; None for offset scales, which have no zero); atrophy_r: the same with ONE
+  parenchyma/CSF reference for all images (a pooled multi-site analysis, which needs a
+  common intensity scale).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from harmonize import metrics as M
 from harmonize.profile import HarmonizationProfile, apply_profile
 from harmonize.study import Study, StudyScan
 from harmonize.synthetic import CSF, GM, WM
+from harmonize.volumes import csf_signal_fractions
+
+#: Gaussian low-pass (px) of the noise-insensitive structure variant
+STRUCTURE_LOWPASS_SIGMA = 1.0
 
 Key = tuple[int, str, int]
 
@@ -44,6 +54,16 @@ def harmonize_scans(
         else:
             out[s.key] = apply_profile(profile, s.image, s.mask)
     return out
+
+
+def _pearson(a: Sequence[float], b: np.ndarray) -> float | None:
+    """Pearson r (0 when either side is constant; None when b holds NaN: no read-out exists)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.isnan(y).any():
+        return None
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 def score_method(
@@ -84,11 +104,24 @@ def score_method(
         "w1": float(np.mean(w1)),
         "tissue_spread": float(np.mean(spread)),
         "site_accuracy": M.site_classifier_accuracy(
-            feats, [s.site for s in scans], [s.subject for s in scans]
+            feats, [s.site for s in scans], [s.subject for s in scans], method="dlda"
+        ),
+        "site_accuracy_nc": M.site_classifier_accuracy(
+            feats, [s.site for s in scans], [s.subject for s in scans], method="nc"
         ),
         "structure": float(np.mean([M.structure_similarity(s.image, images[s.key], s.mask) for s in scans])),
-        "atrophy_r": M.atrophy_correlation(ims, masks, atrophy, pooled=True),
-        "atrophy_r_per_image": M.atrophy_correlation(ims, masks, atrophy, pooled=False),
+        "structure_lowpass": float(
+            np.mean(
+                [
+                    M.structure_similarity(
+                        s.image, images[s.key], s.mask, lowpass_sigma=STRUCTURE_LOWPASS_SIGMA
+                    )
+                    for s in scans
+                ]
+            )
+        ),
+        "atrophy_r": _pearson(atrophy, csf_signal_fractions(ims, masks, pooled=True)),
+        "atrophy_r_per_image": _pearson(atrophy, csf_signal_fractions(ims, masks, pooled=False)),
     }
     if ssim_held:
         out["ssim_heldout_site"] = float(np.mean(ssim_held))
@@ -143,11 +176,13 @@ def format_table(result: Mapping[str, Any]) -> str:
         ("tissue_spread", "tissue spread ↓"),
         ("site_accuracy", f"site acc. (chance {result['chance']:.2f}) ↓"),
         ("structure", "structure ↑"),
+        ("structure_lowpass", "structure low-pass ↑"),
         ("atrophy_r", "atrophy r pooled ↑"),
         ("atrophy_r_per_image", "atrophy r per image ↑"),
     ]
     present = [c for c in cols if any(c[0] in s for s in result["methods"].values())]
     lines = ["| method | " + " | ".join(h for _, h in present) + " |", "|---" * (len(present) + 1) + "|"]
     for name, s in result["methods"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{s[k]:.3f}" if k in s else "–" for k, _ in present) + " |")
+        cells = [("n/a" if s[k] is None else f"{s[k]:.3f}") if k in s else "–" for k, _ in present]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

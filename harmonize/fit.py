@@ -10,10 +10,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from harmonize.cdf import fit_cdf_reference
-from harmonize.learned import TrainingConfig, save_weights, train_unet
+from harmonize.learned import TrainingConfig, intensity_unit, save_weights, train_unet
 from harmonize.nyul import fit_nyul
-from harmonize.profile import METHODS, HarmonizationProfile, file_sha256, save_profile
-from harmonize.study import Study
+from harmonize.profile import (
+    METHODS,
+    HarmonizationProfile,
+    file_sha256,
+    load_profile,
+    save_profile,
+)
+from harmonize.study import CLEAN_REPEAT, Study
 
 
 def _provenance(study: Study, scans: Sequence, extra: dict | None = None) -> dict:
@@ -85,13 +91,17 @@ def fit_profile(
         save_profile(prof, out)
         return prof
 
-    # unet: pairs (subject at any training site, same subject at the target site, repeat 0);
-    # a scan is never paired with itself, which would teach the network to keep its noise
+    # unet: pairs (subject at any training site, same subject at the target site). The target is
+    # the noise-free twin when the study has one (the network then harmonizes and denoises),
+    # else repeat 0; a scan is never paired with itself, which would teach it to keep its noise
     cfg = training or TrainingConfig()
     sites = list(study.sites if train_sites is None else train_sites)
     sources, targets = [], []
+    n_clean = 0
     for s in subjects:
-        tgt = study.get(s, target, 0)
+        clean = study.select([s], [target], repeat=CLEAN_REPEAT)
+        tgt = clean[0] if clean else study.get(s, target, 0)
+        n_clean += bool(clean)
         for src in study.select([s], sites, repeat=None):
             if src.key != tgt.key:
                 sources.append(src)
@@ -120,12 +130,63 @@ def fit_profile(
                 "final_loss": history["final_loss"],
                 "train_seconds": history["train_seconds"],
                 "n_pairs": len(sources),
+                "noise_free_targets": n_clean,
                 "n_parameters": history["n_parameters"],
             },
         ),
         weights_file=weights.name,
         weights_sha256=file_sha256(weights),
-        description=f"2-D U-Net trained on {len(sources)} traveling-subject pairs to look like {target}",
+        description=(
+            f"2-D U-Net trained on {len(sources)} traveling-subject pairs to look like {target}"
+            + (" without noise (noise-free simulated targets)" if n_clean else "")
+        ),
     )
     save_profile(prof, out)
     return prof
+
+
+def with_output_cdf(
+    profile: HarmonizationProfile,
+    study: Study,
+    out_path: str | Path,
+    *,
+    train_subjects: Sequence[int] | None = None,
+    name: str | None = None,
+) -> HarmonizationProfile:
+    """A copy of a fitted U-Net ``profile`` whose output is then CDF-aligned to the target site.
+
+    The reference histogram is that of the training targets (the noise-free twins at the
+    target site when the study has them, else repeat 0) in the network's output units
+    (each image divided by its in-mask 99th percentile). The copy shares the weights
+    file, so ``out_path`` must be in the same folder as the U-Net profile.
+    """
+    if profile.method != "unet" or profile.source_dir is None:
+        raise ValueError("with_output_cdf needs a U-Net profile that was saved or loaded from a file")
+    out = Path(out_path)
+    if out.suffix != ".json":
+        out = out.with_name(out.name + ".json")
+    if out.parent.resolve() != profile.source_dir:
+        raise ValueError(
+            f"{out} must sit beside the U-Net profile (in {profile.source_dir}): they share weights"
+        )
+    target = profile.target_site or study.sites[0]
+    subjects = list(study.subjects if train_subjects is None else train_subjects)
+    refs = []
+    for s in subjects:
+        clean = study.select([s], [target], repeat=CLEAN_REPEAT)
+        refs.append(clean[0] if clean else study.get(s, target, 0))
+    ref = fit_cdf_reference([r.image / intensity_unit(r.image, r.mask) for r in refs], [r.mask for r in refs])
+    params = {**profile.parameters, "output_cdf": ref.to_dict()}
+    prov = {**profile.provenance, "output_cdf_from": _provenance(study, refs)}
+    prof = HarmonizationProfile(
+        name or out.stem,
+        "unet",
+        params,
+        target,
+        prov,
+        weights_file=profile.weights_file,
+        weights_sha256=profile.weights_sha256,
+        description=profile.description + f"; output histogram then CDF-aligned to {target}",
+    )
+    save_profile(prof, out)
+    return load_profile(out)

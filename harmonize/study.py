@@ -10,7 +10,11 @@ and one ``.npz`` per scan with
 
 ``repeat`` numbers rescans of one subject at one site (fresh noise): a rescan at
 the target site is the honest "same-site" training pair for the learned model
-(pairing a scan with itself would teach it to reproduce the noise).
+(pairing a scan with itself would teach it to reproduce the noise). Repeat
+``CLEAN_REPEAT`` (-1) is a noise-free twin of repeat 0: the simulator with its thermal
+noise off and more isochromats (less Monte-Carlo noise), reconstructed with repeat 0's
+noise prewhitening, so it is in the same units — the "exact pair" a learned model can
+be trained against. Evaluation never scores clean scans.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from harmonize.mask import auto_mask
 from harmonize.synthetic import SITES, synthetic_scan, synthetic_subject
 
 FORMAT = "unisono.harmonization-study/1"
+#: repeat index of a scan's noise-free twin (see the module docstring)
+CLEAN_REPEAT = -1
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,14 @@ class StudyScan:
         return (self.subject, self.site, self.repeat)
 
     @property
+    def clean(self) -> bool:
+        """True for a noise-free twin (repeat CLEAN_REPEAT)."""
+        return self.repeat == CLEAN_REPEAT
+
+    @property
     def file_name(self) -> str:
-        return f"sub-{self.subject:03d}_site-{self.site}_rep-{self.repeat}.npz"
+        rep = "clean" if self.clean else f"rep-{self.repeat}"
+        return f"sub-{self.subject:03d}_site-{self.site}_{rep}.npz"
 
 
 @dataclass
@@ -84,7 +96,8 @@ class Study:
         sites: Iterable[str] | None = None,
         repeat: int | None = 0,
     ) -> list[StudyScan]:
-        """Scans of the given subjects and sites (None = all), of one repeat (None = all repeats)."""
+        """Scans of the given subjects and sites (None = all), of one repeat (None = all repeats
+        that carry noise, i.e. every repeat but CLEAN_REPEAT; ask for CLEAN_REPEAT explicitly)."""
         subj = None if subjects is None else set(subjects)
         st = None if sites is None else set(sites)
         return [
@@ -92,7 +105,7 @@ class Study:
             for s in self.scans
             if (subj is None or s.subject in subj)
             and (st is None or s.site in st)
-            and (repeat is None or s.repeat == repeat)
+            and (s.repeat == repeat if repeat is not None else not s.clean)
         ]
 
 

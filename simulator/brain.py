@@ -6,6 +6,12 @@ mask. Fractions are mixed into PD/T1/T2/T2' at the requested field (:mod:`simula
 smooth displacement field (a few low-frequency sine modes, a few mm), a head-size scale and an
 atrophy factor; subject 0 is the template itself. The same subject number gives the same
 anatomy at every site and field strength.
+
+Atrophy is morphological: tissue is lost where it borders CSF (sulcal widening, cortical
+thinning from the pial side, ventricular enlargement), weighted by a CSF-proximity map, while
+tissue far from CSF stays pure. Pure-tissue intensities therefore do not change with atrophy,
+as in real brains; only the CSF spaces grow (a uniform dilution of every voxel would look like
+a change of receive gain, which no image analysis could tell from a scanner difference).
 """
 
 from __future__ import annotations
@@ -35,6 +41,27 @@ def _templates(resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
         np.asarray(mask.get_fdata(), dtype=np.float32),
         np.asarray(gm.affine, dtype=np.float64),
     )
+
+
+#: sd (mm) of the Gaussian that turns the template's CSF map into the CSF-proximity weight of atrophy
+ATROPHY_PROXIMITY_SD_MM = 2.0
+
+
+@functools.lru_cache(maxsize=2)
+def _atrophy_weight(resolution: int) -> np.ndarray:
+    """Where atrophy takes tissue, (x, y, z) like the templates: CSF proximity, GM-weighted mean 1.
+
+    The template CSF fraction smoothed by a Gaussian (sd ATROPHY_PROXIMITY_SD_MM) is large at
+    the sulci and ventricles and near 0 in deep white matter. Normalising its GM-weighted mean
+    to 1 keeps the meaning of the atrophy factor: about that fraction of GM is lost (before
+    the per-voxel loss is capped at 100 %).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    gm, wm, mask, _ = _templates(resolution)
+    csf = np.clip(mask - gm - wm, 0.0, 1.0)
+    prox = gaussian_filter(csf, ATROPHY_PROXIMITY_SD_MM / resolution)
+    return (prox / max(float((prox * gm).sum() / gm.sum()), 1e-6)).astype(np.float32)
 
 
 def _brain_centre_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -83,7 +110,8 @@ def brain_phantom(
         subject: 0 = the template; n > 0 = a seeded deformed, scaled, atrophied subject.
         slice_gap_m: gap between slices (m).
         centre_z_mni_mm: MNI z of the middle slice (mm).
-        atrophy: override the subject's atrophy factor (0..0.5: fraction of GM lost to CSF).
+        atrophy: override the subject's atrophy factor (0..0.5: about this fraction of GM, and
+            half of it of WM, is turned into CSF, where the tissue borders CSF; see the module doc).
         resolution: template resolution in mm (1 or 2).
     Returns:
         Phantom (n_slices, matrix, matrix) with tissue_maps 'gm', 'wm', 'csf' kept.
@@ -139,6 +167,7 @@ def brain_phantom(
         return out.mean(axis=(1, 3, 5))
 
     mask = np.clip(sample(mask_t), 0.0, 1.0)
+    weight = sample(_atrophy_weight(resolution)) if atrophy > 0 else 0.0
     gm = np.clip(sample(gm_t), 0.0, 1.0) * mask
     wm = np.clip(sample(wm_t), 0.0, 1.0) * mask
     total = gm + wm
@@ -146,8 +175,8 @@ def brain_phantom(
     # the probability maps can sum above the mask fraction at edges: renormalise there
     gm = np.where(over, gm * mask / np.maximum(total, 1e-6), gm)
     wm = np.where(over, wm * mask / np.maximum(total, 1e-6), wm)
-    gm = gm * (1.0 - atrophy)
-    wm = wm * (1.0 - 0.5 * atrophy)
+    gm = gm * (1.0 - np.clip(atrophy * weight, 0.0, 1.0))
+    wm = wm * (1.0 - np.clip(0.5 * atrophy * weight, 0.0, 1.0))
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
     fractions = {"gm": gm, "wm": wm, "csf": csf}
     return phantom_from_fractions(

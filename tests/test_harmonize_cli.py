@@ -100,7 +100,8 @@ def test_cli_errors_are_one_sentence(study_dir, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
-def test_gadget_output_on_a_stream_equals_apply():
+@pytest.mark.parametrize("profile", ["default", "unet"])
+def test_gadget_output_on_a_stream_equals_apply(profile):
     """The harmonize gadget in the real chain gives what `apply_profile` gives on the unharmonized image."""
     import ismrmrd
     import torch
@@ -116,14 +117,14 @@ def test_gadget_output_on_a_stream_equals_apply():
     hdr = with_site(built.header, site)
     acqs = list(simulate(built.seq, ph, site, header=hdr, isochromats_per_voxel=1, seed=0))
     plain = run_chain(load_chain("cartesian", overrides={"harmonize": {"enabled": False}}), hdr, acqs)
-    chain = load_chain("cartesian", overrides={"harmonize": {"profile": "default", "keep_original": False}})
+    chain = load_chain("cartesian", overrides={"harmonize": {"profile": profile, "keep_original": False}})
     harm = run_chain(chain, hdr, acqs)
-    prof = load_profile("default")
+    prof = load_profile(profile)
     assert len(plain) == len(harm) == 1
     expected = apply_profile(prof, np.abs(np.asarray(plain[0].data))[0])
     np.testing.assert_allclose(np.asarray(harm[0].data)[0], expected, rtol=1e-5, atol=1e-5)
     meta = ismrmrd.Meta.deserialize(harm[0].attribute_string)
-    assert meta["unisono.harmonization"] == "default"
+    assert meta["unisono.harmonization"] == profile
     assert meta["unisono.harmonization_sha256"] == prof.sha256
 
 
@@ -141,6 +142,29 @@ def test_study_runs_the_real_pipeline(tmp_path):
     # the brain is brighter than the background and the phantom's labels sit on it
     assert scan.image[scan.mask].mean() > 5 * scan.image[~scan.mask].mean()
     assert study.get(1, "siteA").atrophy == study.get(1, "siteB").atrophy
+
+
+def test_study_noise_free_twins_share_units_and_scans_never_share_noise(tmp_path):
+    """--clean-site: a noise-free twin of repeat 0 in the same units; every scan its own noise."""
+    from harmonize.study import CLEAN_REPEAT, load_study
+    from unisono.commands.harmonize import scan_seed
+
+    out = tmp_path / "sim"
+    assert main(["harmonize", "study", "--subjects", "2", "--sites", "siteA,siteB", "--matrix", "32",
+                 "--isochromats", "1", "--clean-site", "siteA", "--clean-subjects", "1",
+                 "--clean-isochromats", "2", "-o", str(out)]) == 0  # fmt: skip
+    study = load_study(out)
+    clean = study.get(1, "siteA", CLEAN_REPEAT)
+    noisy = study.get(1, "siteA", 0)
+    assert clean.clean and not noisy.clean
+    assert [s.key for s in study.select(None, None, repeat=None)] == [
+        s.key for s in study.scans if s.repeat != CLEAN_REPEAT
+    ]  # "all repeats" never hands out a noise-free twin by accident
+    m = noisy.mask
+    # same units (same prewhitening): the brain means agree to a few %, the twin is not noise
+    assert clean.image[m].mean() == pytest.approx(noisy.image[m].mean(), rel=0.1)
+    assert np.abs(clean.image - noisy.image)[m].mean() > 0
+    assert len({scan_seed(1, "siteA", 0), scan_seed(1, "siteB", 0), scan_seed(1, "siteA", 1)}) == 3
 
 
 def test_benchmark_reports_every_method():

@@ -80,3 +80,31 @@ def test_shipped_learned_profile_is_small_and_runs():
     subj = synthetic_subject(3, (1, 64, 64))
     out = apply_profile(prof, synthetic_scan(subj, "B"), subj.brain_mask)
     assert np.isfinite(out).all() and np.all(out[~subj.brain_mask] == 0)
+
+
+def test_noise_free_twins_are_the_training_targets_and_output_cdf_variant(tmp_path):
+    """With CLEAN_REPEAT scans the U-Net learns towards them; the +cdf copy shares the weights."""
+    from dataclasses import replace
+
+    from harmonize.cdf import CdfReference, cdf_align
+    from harmonize.fit import with_output_cdf
+    from harmonize.study import CLEAN_REPEAT, Study
+
+    base = synthetic_study(range(3), ("A", "B"), (1, 48, 48))
+    twins = [
+        replace(s, repeat=CLEAN_REPEAT, image=s.image * 0 + s.image.mean()) for s in base.select(None, ["A"])
+    ]
+    study = Study(base.scans + twins, "synthetic")
+    cfg = TrainingConfig(iterations=2, batch_size=2, unet=UNetConfig(base_channels=4, depth=2))
+    prof = fit_profile("unet", study, tmp_path / "u.json", target_site="A", training=cfg)
+    # A (repeat 0) and B are both sources now, the twin is the only target
+    assert prof.provenance["n_pairs"] == 6 and prof.provenance["noise_free_targets"] == 3
+    cprof = with_output_cdf(prof, study, tmp_path / "u-cdf.json")
+    assert cprof.weights_sha256 == prof.weights_sha256 and cprof.sha256 != prof.sha256
+    img, m = study.get(1, "B").image, study.get(1, "B").mask
+    ref = CdfReference.from_dict(cprof.parameters["output_cdf"])
+    np.testing.assert_allclose(
+        apply_profile(cprof, img, m), cdf_align(apply_profile(prof, img, m), ref, m), rtol=1e-6, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="beside the U-Net profile"):
+        with_output_cdf(prof, study, tmp_path / "elsewhere" / "x.json")

@@ -93,3 +93,33 @@ def test_metrics_reject_mismatched_inputs():
         M.ssim(np.ones((1, 4, 4)), np.ones((1, 4, 5)), np.ones((1, 4, 4), bool))
     with pytest.raises(ValueError, match="non-empty"):
         M.wasserstein1([], [1.0])
+
+
+def test_structure_low_pass_variant_discounts_noise_but_not_anatomy():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:64, 0:64]
+    anatomy = 100.0 + 40.0 * (np.sin(xx / 4.0) > 0) + 30.0 * (np.cos(yy / 5.0) > 0)
+    m = np.ones((1, 64, 64), bool)
+    noisy = anatomy + rng.normal(0, 8.0, anatomy.shape)
+    plain = M.structure_similarity(noisy[None], anatomy[None], m)
+    smooth = M.structure_similarity(noisy[None], anatomy[None], m, lowpass_sigma=1.0)
+    # the denoised image keeps the anatomy (flat regions still hold some noise after 1 px)
+    assert smooth > plain + 0.1 and smooth > 0.9
+    # another anatomy still scores low after the low-pass
+    other = 100.0 + 40.0 * (np.sin(yy / 3.0) > 0)
+    assert M.structure_similarity(noisy[None], other[None], m, lowpass_sigma=1.0) < 0.5
+
+
+def test_dlda_site_classifier_is_not_fooled_by_constant_features():
+    """One feature tells the sites apart; 19 others are (near-)constant jitter, as after CDF alignment."""
+    rng = np.random.default_rng(5)
+    subjects = np.repeat(np.arange(10), 3)
+    sites = np.tile(["A", "B", "C"], 10)
+    informative = np.array([{"A": 0.0, "B": 1.0, "C": 2.0}[s] for s in sites]) + rng.normal(0, 0.25, 30)
+    jitter = rng.normal(0, 1e-9, (30, 19))
+    X = np.column_stack([jitter, informative])
+    assert M.site_classifier_accuracy(X, sites, subjects, method="dlda") > 0.9
+    # standardizing the jitter to unit variance hides the informative feature from nearest centroid
+    assert M.site_classifier_accuracy(X, sites, subjects, method="nc") < 0.7
+    with pytest.raises(ValueError, match="method must be"):
+        M.site_classifier_accuracy(X, sites, subjects, method="svm")

@@ -15,6 +15,7 @@ import pytest
 from harmonize import apply_nyul, auto_mask, cdf_align, fit_cdf_reference, fit_nyul, whitestripe, zscore
 from harmonize import metrics as M
 from harmonize.synthetic import CSF, GM, WM, synthetic_scan, synthetic_subject
+from harmonize.volumes import csf_signal_fractions
 
 SITES = ("A", "B", "C")
 TRAIN, TEST = range(0, 4), range(4, 12)
@@ -58,6 +59,7 @@ def study():
             "spread": np.mean(spread),
             "r_pooled": M.atrophy_correlation(ims, ms, atrophy, pooled=True),
             "csf_per_image": M.csf_fractions(ims, ms, pooled=False)[0],
+            "signal_per_image": csf_signal_fractions(ims, ms),
         }
     return results
 
@@ -102,3 +104,19 @@ def test_cdf_alignment_erases_tissue_composition_differences(study):
     # in docs/harmonization.md): volumes read from the histogram are forced to the
     # reference's, so even a per-image segmentation loses most of the atrophy
     assert _r(study, "cdf") < _r(study, "raw") - 0.3
+
+
+def test_partial_volume_read_out_keeps_the_effect_where_a_zero_exists(study):
+    """The evaluation's per-image read-out f (1 - C/P): raw and CDF output are zero-based, z-score not."""
+    atrophy = np.array([synthetic_subject(i, (1, 96, 96)).atrophy for i in TEST for _ in SITES])
+    site = np.array([s for _ in TEST for s in SITES])
+    raw = study["raw"]["signal_per_image"]
+    # within each site the read-out follows the atrophy ...
+    for s in SITES:
+        assert np.corrcoef(atrophy[site == s], raw[site == s])[0, 1] > 0.9, s
+    # ... but its slope 1 - C/P depends on the site's contrast (exponents 0.75-1.4 here),
+    # so across sites raw images agree less: what harmonization should fix
+    assert np.corrcoef(atrophy, raw)[0, 1] < 0.8
+    assert np.isnan(study["zscore"]["signal_per_image"]).all()  # an offset scale has no read-out
+    cdf = np.corrcoef(atrophy, study["cdf"]["signal_per_image"])[0, 1]
+    assert cdf < 0.6  # matching the whole histogram erases the composition it encodes

@@ -63,6 +63,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--rescan-site", help="also rescan --rescan-subjects here (same-site training pairs)")
     s.add_argument("--rescan-subjects", default="", help="subjects to rescan, e.g. 1-6")
     s.add_argument("--isochromats", type=int, default=4, help="isochromats per voxel (default 4)")
+    s.add_argument(
+        "--clean-site", help="also scan a noise-free twin of repeat 0 here (training targets), see --clean-*"
+    )
+    s.add_argument("--clean-subjects", default="", help="subjects with a noise-free twin, e.g. 1-12")
+    s.add_argument(
+        "--clean-isochromats",
+        type=int,
+        default=32,
+        help="isochromats per voxel of the noise-free twins (less Monte-Carlo noise; default 32)",
+    )
     s.add_argument("--device", default="cpu", help="simulation/recon device: auto|cpu|cuda")
     s.add_argument(
         "--synthetic", action="store_true", help="use harmonize.synthetic (closed-form sites A-D) instead"
@@ -80,6 +90,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--train-sites", help="sites the U-Net sees as sources (default all)")
     f.add_argument("--name", help="profile name (default: file stem)")
     f.add_argument("--iterations", type=int, default=None, help="U-Net training iterations")
+    f.add_argument(
+        "--output-cdf",
+        action="store_true",
+        help="U-Net: also write NAME-cdf.json, the same network followed by CDF alignment to the target",
+    )
     f.set_defaults(handler=cmd_fit)
 
     a = sub.add_parser("apply", help="apply a profile to MRD images (.h5), NIfTI (.nii/.nii.gz) or .npy")
@@ -93,8 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--methods",
         default="raw,zscore,whitestripe,nyul,cdf",
-        help="comma-separated: raw, a method name (fitted here on the training subjects), "
-        "or NAME=PROFILE for a fitted profile file/shipped name",
+        help="comma-separated: raw, a method name (fitted here on the training subjects), unet+cdf "
+        "(the U-Net followed by CDF alignment), or NAME=PROFILE for a fitted profile file/shipped name",
     )
     e.add_argument("--test-subjects", help="held-out subjects (default: the second half)")
     e.add_argument("--heldout-sites", default=None, help="sites never used in fitting (default: the last)")
@@ -138,9 +153,31 @@ def _orient(image, reference):
     return cands[best], best
 
 
-def _simulated_scan(built, site_name: str, subject: int, atrophy: float, args, chain, seed: int):
+def scan_seed(subject: int, site: str, repeat: int) -> int:
+    """Simulator seed of one scan: distinct for every (subject, site, repeat).
+
+    The seed draws the thermal noise and the isochromats' T2' order (Monte-Carlo noise), so
+    two scans of one subject never share noise, as two real scans would not.
+    """
+    import zlib
+
+    return zlib.crc32(f"{subject}/{site}/{repeat}".encode()) & 0x7FFFFFFF
+
+
+def _simulated_scan(
+    built, site_name: str, subject: int, atrophy: float, args, chain, seed: int, clean_isochromats=None
+):
+    """One scan through sequence -> simulator -> recon.
+
+    Returns (image, labels, brain mask, orientation name, clean image or None); with
+    ``clean_isochromats`` the same scan is repeated with thermal noise off and that many
+    isochromats, and reconstructed with the noisy scan's noise readouts (identical
+    prewhitening, hence identical units).
+    """
+    import dataclasses
+
+    import ismrmrd
     import numpy as np
-    import torch
 
     from gadgets import run_chain
     from simulator import brain_phantom, load_site, simulate, with_site
@@ -157,43 +194,55 @@ def _simulated_scan(built, site_name: str, subject: int, atrophy: float, args, c
         atrophy=atrophy,
     )
     hdr = with_site(built.header, site)
-    acqs = list(
-        simulate(
-            built.seq,
-            ph,
-            site,
-            header=hdr,
-            device=args.device,
-            isochromats_per_voxel=args.isochromats,
-            seed=seed,
+
+    def run(site_obj, isochromats: int, noise_readouts=None):
+        acqs = list(
+            simulate(
+                built.seq,
+                ph,
+                site_obj,
+                header=hdr,
+                device=args.device,
+                isochromats_per_voxel=isochromats,
+                seed=seed,
+            )
         )
-    )
-    imgs = run_chain(chain, hdr, acqs, device=args.device)
-    if not imgs:
-        raise ValueError(f"the recon chain produced no image for subject {subject} at {site_name}")
-    image = np.concatenate([np.abs(np.asarray(im.data))[0] for im in imgs], axis=0).astype(np.float32)
+        is_noise = [a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT) for a in acqs]
+        if noise_readouts is not None:
+            acqs = list(noise_readouts) + [a for a, n in zip(acqs, is_noise, strict=True) if not n]
+        imgs = run_chain(chain, hdr, acqs, device=args.device)
+        if not imgs:
+            raise ValueError(f"the recon chain produced no image for subject {subject} at {site_name}")
+        image = np.concatenate([np.abs(np.asarray(im.data))[0] for im in imgs], axis=0).astype(np.float32)
+        return image, [a for a, n in zip(acqs, is_noise, strict=True) if n]
+
+    image, noise_readouts = run(site, args.isochromats)
+    clean = None
+    if clean_isochromats:
+        clean, _ = run(dataclasses.replace(site, noise_sigma=0.0), clean_isochromats, noise_readouts)
     fr = {k: v.detach().cpu().numpy() for k, v in ph.tissue_maps.items()}
     brain = ph.brain_mask.detach().cpu().numpy()
     labels = (1 + np.argmax(np.stack([fr["csf"], fr["gm"], fr["wm"]]), axis=0)).astype(np.int8)
     labels[~brain] = 0
     torch_pd = (ph.pd * ph.brain_mask).detach().cpu().numpy()
     orient, name = _orient(image, torch_pd)
-    del torch
-    return image, np.ascontiguousarray(orient(labels)), np.ascontiguousarray(orient(brain)), name
+    return image, np.ascontiguousarray(orient(labels)), np.ascontiguousarray(orient(brain)), name, clean
 
 
 def subject_atrophy(subject: int) -> float:
-    """The study's atrophy factor of ``subject`` (fraction of GM lost to CSF), drawn in 0..0.3.
+    """The study's atrophy factor of ``subject`` (about the fraction of GM lost to CSF), in 0..0.3.
 
-    Set explicitly (not the simulator's own draw) so the ground truth is known here.
+    Set explicitly (not the simulator's own draw) so the ground truth is known here. A
+    golden-ratio (low-discrepancy) sequence rather than random draws: any run of
+    consecutive subjects (the training half, the test half) spans the range evenly, so a
+    correlation over a dozen test subjects is not at the mercy of clustered draws.
     """
-    import numpy as np
-
-    return float(np.random.default_rng(7_000 + subject).uniform(0.0, 0.3))
+    golden = (5**0.5 - 1) / 2
+    return float(0.3 * ((0.5 + subject * golden) % 1.0))
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from harmonize.study import Study, StudyScan, save_study, synthetic_study
+    from harmonize.study import CLEAN_REPEAT, Study, StudyScan, save_study, synthetic_study
 
     sites = _str_list(args.sites)
     if args.subjects < 2:
@@ -201,6 +250,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if len(sites) < 2:
         raise ValueError(f"--sites needs >= 2 sites, got {sites}")
     rescans = _int_list(args.rescan_subjects)
+    cleans = _int_list(args.clean_subjects) if args.clean_site else []
     t0 = time.perf_counter()
     if args.synthetic:
         study = synthetic_study(
@@ -212,7 +262,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         from simulator import list_sites
 
         known = list_sites()
-        for s in sites + ([args.rescan_site] if args.rescan_site else []):
+        for s in sites + [x for x in (args.rescan_site, args.clean_site) if x]:
             if s not in known:
                 raise ValueError(f"unknown site {s!r}; known sites: {known}")
         overrides = {**STUDY_SEQUENCE_DEFAULTS, "matrix": args.matrix, **parse_key_values(args.set)}
@@ -225,15 +275,28 @@ def cmd_study(args: argparse.Namespace) -> int:
             plan = [(s, 0) for s in sites]
             if args.rescan_site and subj in rescans:
                 plan.append((args.rescan_site, 1))
+            if args.clean_site and subj in cleans and (args.clean_site, 0) not in plan:
+                plan.append((args.clean_site, 0))
             for site, rep in plan:
                 t1 = time.perf_counter()
-                image, labels, brain, orient = _simulated_scan(
-                    built, site, subj, a, args, chain, seed=1000 * rep + subj
+                want_clean = rep == 0 and site == args.clean_site and subj in cleans
+                image, labels, brain, orient, clean = _simulated_scan(
+                    built,
+                    site,
+                    subj,
+                    a,
+                    args,
+                    chain,
+                    seed=scan_seed(subj, site, rep),
+                    clean_isochromats=args.clean_isochromats if want_clean else None,
                 )
                 orientations.add(orient)
                 # evaluation and fitting use the phantom's brain mask ("inside the brain"); the
                 # gadget and `apply` use auto_mask at run time
-                scans.append(StudyScan(subj, site, rep, a, image, brain, labels))
+                if site in sites or rep > 0:
+                    scans.append(StudyScan(subj, site, rep, a, image, brain, labels))
+                if clean is not None:
+                    scans.append(StudyScan(subj, site, CLEAN_REPEAT, a, clean, brain, labels))
                 log.info("subject %d site %s repeat %d: %.1f s", subj, site, rep, time.perf_counter() - t1)
         study = Study(
             scans,
@@ -245,6 +308,13 @@ def cmd_study(args: argparse.Namespace) -> int:
                 "chain": "cartesian (harmonize disabled)",
                 "label_orientation": sorted(orientations),
                 "atrophy": "explicit per subject, uniform 0..0.3 (see subject_atrophy)",
+                "seeds": "scan_seed(subject, site, repeat): independent noise per scan",
+                "clean": {
+                    "site": args.clean_site,
+                    "subjects": cleans,
+                    "isochromats_per_voxel": args.clean_isochromats,
+                    "thermal_noise": "off",
+                },
             },
         )
     path = save_study(study, args.out)
@@ -280,6 +350,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
         training=_training_config(args.iterations),
     )
     print(f"profile {prof.name} ({prof.method}) sha256 {prof.sha256} -> {Path(args.out)}")
+    if args.output_cdf:
+        from harmonize.fit import with_output_cdf
+
+        if prof.method != "unet":
+            raise ValueError("--output-cdf applies to --method unet only")
+        out = Path(args.out)
+        cdf_path = out.with_name(out.stem + "-cdf.json")
+        cprof = with_output_cdf(
+            prof,
+            study,
+            cdf_path,
+            train_subjects=_int_list(args.train_subjects) if args.train_subjects else None,
+        )
+        print(f"profile {cprof.name} (unet + output CDF) sha256 {cprof.sha256} -> {cdf_path}")
     return 0
 
 
@@ -442,6 +526,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             profiles[name] = load_profile(ref)
         elif item == "raw":
             profiles["raw"] = None
+        elif item == "unet+cdf":
+            from harmonize.fit import with_output_cdf
+
+            if "unet" not in profiles or profiles["unet"] is None:
+                profiles["unet"] = fit_profile(
+                    "unet",
+                    study,
+                    fit_dir / "unet.json",
+                    target_site=target,
+                    train_subjects=train,
+                    train_sites=train_sites,
+                    training=_training_config(args.iterations),
+                )
+            profiles[item] = with_output_cdf(
+                profiles["unet"], study, fit_dir / "unet-cdf.json", train_subjects=train
+            )
         elif item in METHODS:
             t0 = time.perf_counter()
             profiles[item] = fit_profile(
