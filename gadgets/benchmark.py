@@ -6,7 +6,12 @@
   **subprocess** (as in real use: client and server are separate processes),
   raw recording on, through the chosen chain and through ``passthrough``
   (transport only, every message comes back).  MB/s counts the acquisition
-  samples sent (complex64 bytes), median over ``repeats``.
+  samples sent (complex64 bytes) over the wall time of :func:`send_stream` (from
+  connecting to receiving the server's close, which follows the last image), median
+  over ``repeats``.  CPU seconds are recorded per run for the server process, its
+  raw-file converter child (:class:`gadgets.recorder.Converter`) and the client
+  (this process, its receiving thread included): on a shared machine they say
+  more than the wall time.
 * latency: in-process :class:`gadgets.runtime.RunningChain`; all readouts of a
   slice but the last are fed and allowed to settle, then the clock runs from
   putting the last readout to the slice's last image leaving the chain.
@@ -87,6 +92,29 @@ def _cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _children_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the live child processes of ``pid`` (the raw-file converter), 0 if none."""
+    total = 0.0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        total += sum(_cpu_seconds(k) or 0.0 for k in kids)
+    return total
+
+
+def _own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process (the client), all threads."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _stop_server(proc: subprocess.Popen) -> None:
@@ -186,13 +214,16 @@ def run_benchmark(
             send_stream(header, acqs[: per_rep * 2], port=port, chain=chain)  # warm-up (imports, caches)
             stream: dict[str, Any] = {}
             for name, n in ((chain, repeats), ("passthrough", max(1, repeats // 2))):
-                times, cpus = [], []
+                times, cpus, conv, client = [], [], [], []
                 for _ in range(n):
-                    c0 = _cpu_seconds(proc.pid)
+                    c0, k0, o0 = _cpu_seconds(proc.pid), _children_cpu_seconds(proc.pid), _own_cpu_seconds()
                     t = time.perf_counter()
                     items = send_stream(header, acqs, port=port, chain=name)
                     times.append(time.perf_counter() - t)
-                    c1 = _cpu_seconds(proc.pid)
+                    c1, k1, o1 = _cpu_seconds(proc.pid), _children_cpu_seconds(proc.pid), _own_cpu_seconds()
+                    client.append(o1 - o0)
+                    # a converter that started or ended during the run is counted from 0
+                    conv.append(max(0.0, k1 - k0))
                     if c0 is not None and c1 is not None:
                         cpus.append(c1 - c0)
                 med = statistics.median(times)
@@ -202,10 +233,13 @@ def run_benchmark(
                     "MB_per_s": nbytes / 1e6 / med,
                     "items_returned": len(items),
                     # CPU the server process used while the stream ran: what it would sustain on
-                    # otherwise idle cores (the HDF5 conversion of the raw recording runs after
-                    # each connection and may overlap the next one)
+                    # otherwise idle cores
                     "server_cpu_seconds": cpus,
                     "MB_per_server_cpu_second": nbytes / 1e6 / statistics.median(cpus) if cpus else None,
+                    # the raw-file converter process (HDF5 conversion of the previous connection's
+                    # recording, low priority) during the run, and the client
+                    "converter_cpu_seconds": conv,
+                    "client_cpu_seconds": client,
                 }
             result["stream"] = stream
             result["raw_recording"] = raw

@@ -41,7 +41,7 @@ from gadgets.chain import Chain, load_chain, shipped_chain_path
 from gadgets.limits import ServerLimits
 from gadgets.memory import release_free_memory
 from gadgets.policy import parse_client_chain
-from gadgets.recorder import stream_to_h5
+from gadgets.recorder import Converter, DirectFile
 from gadgets.runtime import ChainError, RunningChain
 from gadgets.wire import Disconnected, MessageReader, Rejected, WireError, linger
 
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: text messages starting with this report a failed chain to the client
 ERROR_PREFIX = "unisono error: "
+#: while connections stream, free heap memory is given back to the OS at most this often (s)
+_TRIM_EVERY_S = 30.0
 #: what connections still open at the end of the shutdown grace are told
 SHUTDOWN_TEXT = "the server is shutting down; the data received so far are saved"
 
@@ -95,7 +97,22 @@ def handle_stream(
     # set when replies cannot be sent: a client that does not read is not served further
     send_failed = threading.Event()
     stops = [e for e in (stop, send_failed) if e is not None]
-    des = MessageReader(rfile, limits, record=record, label=label, stop=stops)
+    # readouts received but not yet handed to the chain: passed on together (one queue hand-off)
+    # when the reader is about to wait for the client, when a batch is full or before any
+    # other message, so the chain sees them in order and a live scan's readouts are not held
+    batch: list[Any] = []
+
+    def pass_on() -> None:
+        if batch:
+            items = batch.copy()
+            batch.clear()
+            if rc is not None and rc.error is None:
+                try:
+                    rc.put_many(items)
+                except ChainError:
+                    pass  # reported by the sender thread; keep recording the raw data
+
+    des = MessageReader(rfile, limits, record=record, label=label, stop=stops, on_wait=pass_on)
     ser = ProtocolSerializer(wfile)
     send_lock = threading.Lock()
     errors: list[str] = []
@@ -123,14 +140,18 @@ def handle_stream(
 
     def pump(rc: RunningChain) -> None:
         try:
-            for item in rc:
-                if isinstance(item, _SENDABLE):
+            for items in rc.batches():
+                urgent = False
+                for item in items:
+                    if not isinstance(item, _SENDABLE):
+                        raise TypeError(f"chain output of type {type(item).__name__} cannot be sent over MRD")
                     send(item)
-                    if isinstance(item, str):  # text (e.g. motion feedback) must reach the client now
-                        with send_lock:
-                            wfile.flush()
-                else:
-                    raise TypeError(f"chain output of type {type(item).__name__} cannot be sent over MRD")
+                    urgent = urgent or isinstance(item, str)
+                # text (e.g. motion feedback) must reach the client now; the rest when nothing
+                # more is ready (images then leave at once, a stream of readouts in 1 MB writes)
+                if urgent or not rc.output_waiting():
+                    with send_lock:
+                        wfile.flush()
             with send_lock:
                 wfile.flush()
         except ChainError as exc:
@@ -143,6 +164,12 @@ def handle_stream(
 
     try:
         for msg in des.deserialize():
+            if isinstance(msg, ismrmrd.Acquisition | ismrmrd.Waveform) and rc is not None:
+                batch.append(msg)
+                if len(batch) >= rc.batch_size:
+                    pass_on()
+                continue
+            pass_on()  # keep the stream's order
             if isinstance(msg, ConfigFile | ConfigText):
                 if chain is not None or rc is not None:
                     report("a second config message arrived; a connection runs one chain")
@@ -175,12 +202,7 @@ def handle_stream(
                             target=_abort_on_stop, args=(rc, stop, finished, report), daemon=True
                         ).start()
             elif isinstance(msg, ismrmrd.Acquisition | ismrmrd.Waveform):
-                if rc is not None and rc.error is None:
-                    try:
-                        rc.put(msg)
-                    except ChainError:
-                        pass  # reported by the sender thread; keep recording the raw data
-                elif not header_seen and not errors:
+                if not header_seen and not errors:
                     report("data arrived before the MRD header (message id 3)")
             elif isinstance(msg, Rejected):
                 # recorded by the reader already; the chain must not reconstruct it
@@ -215,6 +237,7 @@ def handle_stream(
     if rc is not None:
         if rc.error is None:
             try:
+                pass_on()
                 rc.close()
             except ChainError:
                 pass
@@ -242,6 +265,9 @@ class MRDServer:
         device: ``auto``, ``cpu`` or ``cuda`` for every chain.
         limits: message sizes, connection count, timeouts, queue bound and shutdown grace
             (:class:`~gadgets.limits.ServerLimits`; defaults when None).
+        convert_in_process: convert the raw streams to HDF5 in a low-priority child process
+            (default; :class:`gadgets.recorder.Converter`), so conversions take neither the GIL
+            nor CPU from connections streaming meanwhile; False converts in a server thread.
     """
 
     def __init__(
@@ -252,6 +278,7 @@ class MRDServer:
         chains_dir: str | Path | None = None,
         device: str = "cpu",
         limits: ServerLimits | None = None,
+        convert_in_process: bool = True,
     ):
         if not 0 <= int(port) < 65536:
             raise ValueError(f"port must be in 0..65535, got {port}")
@@ -279,7 +306,9 @@ class MRDServer:
         # thread per pending conversion made memory grow with the backlog under sustained load
         self._convert_q: queue.Queue[tuple[Path, str] | None] = queue.Queue()
         self._pending_conversions = 0
+        self._last_trim = time.monotonic()
         self._converter: threading.Thread | None = None
+        self.raw_converter = Converter(process=convert_in_process)
         self._counter = itertools.count(1)
         #: paths of the raw files recorded so far
         self.raw_files: list[Path] = []
@@ -382,7 +411,9 @@ class MRDServer:
                 sink = None
                 if stem is not None:
                     try:
-                        sink = stack.enter_context(open(stem.with_suffix(".mrd"), "wb", buffering=1 << 20))
+                        # written without the page cache (see gadgets.recorder.DirectFile): the
+                        # stream file is written once and read once, by the converter
+                        sink = stack.enter_context(DirectFile(stem.with_suffix(".mrd")))
                     except OSError as exc:
                         # no scan without its raw data: refuse it and say why, rather than lose it
                         stem = None
@@ -430,16 +461,21 @@ class MRDServer:
                 if stream.exists() and stream.stat().st_size == 0:
                     stream.unlink()  # the client sent nothing (a port probe): there is nothing to keep
                     continue
-                stream_to_h5(stream, stem.with_suffix(".h5"))
+                self.raw_converter.convert(stream, stem.with_suffix(".h5"))
                 if stem.with_suffix(".h5").exists():
                     self.raw_files.append(stem.with_suffix(".h5"))
             except Exception as exc:  # noqa: BLE001 - keep the .mrd stream file if conversion fails
                 log.error("%s: raw stream to HDF5 failed (%s); kept %s.mrd", label, exc, stem)
             finally:
-                # a long-running server's RSS would otherwise creep up (see gadgets.memory)
-                release_free_memory()
+                # a long-running server's RSS would otherwise creep up (see gadgets.memory); but
+                # the pages given back cost ~0.6 µs each to fault in again on VMs that reclaim
+                # free guest memory (0.2 CPU-s per 335 MB), so a busy server trims only now and then
                 with self._lock:
                     self._pending_conversions -= 1
+                    idle = self._open_sockets == 0
+                if idle or time.monotonic() - self._last_trim > _TRIM_EVERY_S:
+                    release_free_memory()
+                    self._last_trim = time.monotonic()
 
     @property
     def active_connections(self) -> int:
@@ -488,6 +524,7 @@ class MRDServer:
             self._convert_q.put(None)
             self._converter.join()
             self._converter = None
+        self.raw_converter.close()
 
     def serve_forever(self) -> None:
         """Start (if needed) and block until interrupted (Ctrl-C), :meth:`request_stop` or :meth:`stop`."""

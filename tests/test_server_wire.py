@@ -204,6 +204,16 @@ _VALID = encode(ConfigFile("cartesian"), HEADER, "note", *ACQS[:3], close=True)
 _FUZZ_LIMITS = ServerLimits(max_message_bytes=8192, max_text_bytes=8192)
 
 
+def test_header_with_an_empty_number_is_one_invalid_header_error() -> None:
+    # found by the fuzzer: a NUL for the "z" of the recon FOV's <z> tag, stream ending after the header
+    # (parsed as '' there, and float('') raised a bare ValueError)
+    data = bytearray(_VALID)
+    data[data.find(b"<z>5.0</z>", data.find(b"<reconSpace>")) + 1] = 0
+    end = data.find(b"</ismrmrdHeader>") + len(b"</ismrmrdHeader>")
+    err = error_of(bytes(data[: end + 1]), _FUZZ_LIMITS)
+    assert isinstance(err, WireError) and err.kind == "invalid-header"
+
+
 def _check_reader_contract(data: bytes) -> None:
     """Only WireError/Disconnected may escape; the recording always replays as a valid MRD stream."""
     rec = io.BytesIO()
