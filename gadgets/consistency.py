@@ -58,13 +58,13 @@ def header_problem(header: Any, max_voxels: int | None = None) -> str | None:
                 return f"header encoding[{i}].{space} needs matrixSize and fieldOfView_mm"
             for axis in ("x", "y", "z"):
                 m = getattr(sp.matrixSize, axis)
-                if m is None or not 1 <= int(m) <= 65535:
-                    return f"header encoding[{i}].{space}.matrixSize.{axis} must be in 1..65535, got {m}"
-                f = getattr(sp.fieldOfView_mm, axis)
-                if f is None or not math.isfinite(float(f)) or float(f) < 0:
+                if _as_number(m, int) is None or not 1 <= int(m) <= 65535:
+                    return f"header encoding[{i}].{space}.matrixSize.{axis} must be in 1..65535, got {m!r}"
+                f = _as_number(getattr(sp.fieldOfView_mm, axis), float)
+                if f is None or not math.isfinite(f) or f < 0:
                     return (
                         f"header encoding[{i}].{space}.fieldOfView_mm.{axis} must be a finite "
-                        f"length >= 0 mm, got {f}"
+                        f"length >= 0 mm, got {getattr(sp.fieldOfView_mm, axis)!r}"
                     )
         m = enc.encodedSpace.matrixSize
         voxels = int(m.x) * int(m.y) * int(m.z)
@@ -75,9 +75,19 @@ def header_problem(header: Any, max_voxels: int | None = None) -> str | None:
             )
     asi = getattr(header, "acquisitionSystemInformation", None)
     rc = getattr(asi, "receiverChannels", None) if asi is not None else None
-    if rc is not None and not 1 <= int(rc) <= 65535:
-        return f"header acquisitionSystemInformation.receiverChannels must be in 1..65535, got {rc}"
+    if rc is not None and (_as_number(rc, int) is None or not 1 <= int(rc) <= 65535):
+        return f"header acquisitionSystemInformation.receiverChannels must be in 1..65535, got {rc!r}"
     return None
+
+
+def _as_number(value: Any, kind: type[int] | type[float]) -> int | float | None:
+    """``kind(value)``, or None where the XML let through something that is not a number ('')."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import struct
 import tracemalloc
@@ -212,6 +213,17 @@ def test_header_with_an_empty_number_is_one_invalid_header_error() -> None:
     end = data.find(b"</ismrmrdHeader>") + len(b"</ismrmrdHeader>")
     err = error_of(bytes(data[: end + 1]), _FUZZ_LIMITS)
     assert isinstance(err, WireError) and err.kind == "invalid-header"
+    assert "fieldofview" in str(err).lower()  # the error names the field
+
+
+def test_header_problem_names_a_field_that_is_not_a_number() -> None:
+    from gadgets.consistency import header_problem
+
+    header = copy.deepcopy(HEADER)
+    header.encoding[0].encodedSpace.fieldOfView_mm.x = ""
+    assert header_problem(header) == (
+        "header encoding[0].encodedSpace.fieldOfView_mm.x must be a finite length >= 0 mm, got ''"
+    )
 
 
 def _check_reader_contract(data: bytes) -> None:
