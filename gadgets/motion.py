@@ -41,7 +41,7 @@ from gadgets.feedback import (
     rotation_matrix,
 )
 from recon.fft import ifftnc
-from recon.registration import fixed_receive_field, projection_shift, register_rigid
+from recon.registration import fixed_receive_field, orbital_pose, projection_shift, register_rigid
 
 __all__ = ["motion_estimation", "TIME_TICK_S"]
 
@@ -123,6 +123,7 @@ def motion_estimation(
                 f"stream has {n_slices} slices (use method 'navigator')"
             )
     state = _NavState()
+    orbit_radius = _orbit_radius(connection.header)
     images: dict[int, dict[tuple[int, int], np.ndarray]] = {}  # repetition -> (line, partition) -> data
     reference_image: tuple[torch.Tensor, tuple[float, ...], tuple[np.ndarray, np.ndarray]] | None = None
     reference_image_s: float | None = None
@@ -172,7 +173,18 @@ def motion_estimation(
             continue
         if method == "navigator" and item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
             axis = int(item.idx.segment)
-            if axis in (0, 1):
+            if orbit_radius is not None:
+                try:
+                    est = _orbital(state, item, orbit_radius, reference_pair)
+                except ValueError as exc:  # e.g. a navigator without signal: skip it, keep going
+                    log.warning(
+                        "orbital navigator at scan counter %d skipped: %s", int(item.scan_counter), exc
+                    )
+                    est = None
+                if est is not None:
+                    send_estimate(item, est[0], est[1], (True, True, False, False, False, True),
+                                  "navigator-orbital", t_in, state.reference_time_s)  # fmt: skip
+            elif axis in (0, 1):
                 state.latest[axis] = item
                 # a pair is complete when its y projection (played after x) arrives
                 if axis == 1 and 0 in state.latest:
@@ -242,13 +254,56 @@ def _navigator_pair(
         head_t[a] = t[a]
         head_r = r
     head_t[2] = compose(applied_pose(nav_y)[:2], (np.zeros(3), np.zeros(3)))[0][2]
+    return _relative_to_reference(state, head_t, head_r)
+
+
+def _relative_to_reference(
+    state: _NavState, head_t: np.ndarray, head_r: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The head pose relative to the head at the reference navigator (taken under a correction
+    or not)."""
     assert state.reference_pose is not None
     ref_t, ref_r = state.reference_pose
     if np.any(ref_t) or np.any(ref_r):
-        # reference taken under a correction: the pose relative to the head at the reference
         rr = rotation_matrix(ref_r)
         return rr.T @ (head_t - ref_t), np.asarray(angles_from_matrix(rr.T @ rotation_matrix(head_r)))
     return head_t, head_r
+
+
+def _orbit_radius(header: Any) -> float | None:
+    """The orbital navigator's k radius (1/m) when the header announces one, else None."""
+    up = getattr(header, "userParameters", None)
+    strings = {p.name: p.value for p in (getattr(up, "userParameterString", None) or [])}
+    if strings.get("unisono.navigator") != "orbital":
+        return None
+    doubles = {p.name: p.value for p in (getattr(up, "userParameterDouble", None) or [])}
+    radius = doubles.get("navigator_orbital_radius_per_m")
+    if radius is None or not float(radius) > 0:
+        raise ValueError(
+            "header says unisono.navigator = 'orbital' but userParameterDouble "
+            f"navigator_orbital_radius_per_m is {radius!r}; it must be the orbit's k radius > 0 (1/m)"
+        )
+    return float(radius)
+
+
+def _orbital(
+    state: _NavState, acq: ismrmrd.Acquisition, radius: float, reference_pair: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Head pose (translation mm, rotation deg) from one orbital navigator; None until the
+    reference exists (navigator number ``reference_pair``)."""
+    state.pairs_seen += 1
+    data = torch.from_numpy(np.asarray(acq.data))
+    if not state.reference:
+        if state.pairs_seen <= reference_pair:
+            return None
+        state.reference[0] = data
+        state.reference_pose = applied_pose(acq)[:2]
+        state.reference_time_s = int(acq.acquisition_time_stamp) * TIME_TICK_S
+        return None
+    tx, ty, rz = orbital_pose(data, state.reference[0], radius)
+    # encoded in the frame the scanner applied: head = applied ∘ residual
+    head_t, head_r = compose(applied_pose(acq)[:2], (np.array([tx, ty, 0.0]), np.array([0.0, 0.0, rz])))
+    return _relative_to_reference(state, np.asarray(head_t), np.asarray(head_r))
 
 
 def _interior(img: torch.Tensor) -> torch.Tensor | None:

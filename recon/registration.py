@@ -24,12 +24,14 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "RigidEstimate",
     "fixed_receive_field",
+    "orbital_pose",
     "projection_shift",
     "register_rigid",
     "rotation_matrix_t",
@@ -107,6 +109,62 @@ def projection_shift(
     sol = torch.linalg.solve(a.T @ (ww[:, None] * a), a.T @ (ww * ang))
     fine = -float(sol[1]) * n / (2 * math.pi)
     return (coarse + fine) * sample_spacing_mm
+
+
+def orbital_pose(
+    current: torch.Tensor, reference: torch.Tensor, radius_per_m: float
+) -> tuple[float, float, float]:
+    """In-plane rigid pose from an orbital navigator against its reference (Fu et al. 1995).
+
+    Sample j of N lies on the k-space circle of radius ``radius_per_m`` at angle
+    phi_j = 2 pi (j + 1/2) / N. For a head moved by p -> R(rz) p + t the signal is
+    S(phi) = R(phi - rz) exp(-2 pi i k(phi).t): the coil-combined magnitude profile turns by
+    rz (found by circular cross-correlation within +-90 degrees -- a real object's profile
+    repeats every half turn -- refined by a parabola through the peak), and
+    after turning the reference by rz the phase difference is a + b cos phi + c sin phi with
+    (b, c) = -2 pi k_r (tx, ty) (magnitude-weighted least squares on the unwrapped phase).
+
+    Args:
+        current, reference: complex readouts (coils, N) on the same orbit.
+        radius_per_m: the orbit's k radius (1/m).
+    Returns:
+        (tx mm, ty mm, rz degrees).
+    Raises:
+        ValueError: shapes differ, or the orbit carries no signal.
+    """
+    if current.shape != reference.shape or current.ndim != 2:
+        raise ValueError(
+            f"orbital navigator readouts must be (coils, samples) of one shape, got "
+            f"{tuple(current.shape)} and {tuple(reference.shape)}"
+        )
+    cur = current.detach().to(torch.complex128).cpu()
+    ref = reference.detach().to(torch.complex128).cpu()
+    n = cur.shape[-1]
+    mag_c = cur.abs().square().sum(0).sqrt()
+    mag_r = ref.abs().square().sum(0).sqrt()
+    if float(mag_c.max()) <= 0 or float(mag_r.max()) <= 0:
+        raise ValueError("orbital navigator without signal")
+    a, b = mag_c - mag_c.mean(), mag_r - mag_r.mean()
+    xc = torch.fft.ifft(torch.fft.fft(a) * torch.fft.fft(b).conj()).real  # xc[s] = sum a[j] b[j - s]
+    # |S(k)| = |S(-k)| for a real object, so the profile repeats every half turn: search turns
+    # within +-90 degrees (a head never turns further between two navigators)
+    lags = (torch.arange(n) + n // 2) % n - n // 2
+    p = int(torch.argmax(torch.where(lags.abs() < n // 4, xc, torch.full_like(xc, -math.inf))))
+    y0, y1, y2 = (float(xc[(p + d) % n]) for d in (-1, 0, 1))
+    den = y0 - 2 * y1 + y2
+    shift = p + (0.5 * (y0 - y2) / den if den < 0 else 0.0)
+    shift = (shift + n / 2) % n - n / 2  # samples, in [-N/2, N/2)
+    # the reference turned by the shift: a Fourier phase ramp (the orbit is periodic)
+    f = torch.fft.fftfreq(n, dtype=torch.float64)
+    turned = torch.fft.ifft(torch.fft.fft(ref, dim=-1) * torch.exp(-2j * math.pi * f * shift), dim=-1)
+    d = (cur * turned.conj()).sum(0)
+    w = d.abs()
+    phase = torch.from_numpy(np.unwrap(torch.angle(d).numpy()))
+    phi = 2 * math.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    design = torch.stack([torch.ones_like(phi), torch.cos(phi), torch.sin(phi)], 1) * w[:, None]
+    sol = torch.linalg.lstsq(design, (phase * w)[:, None]).solution[:, 0]
+    scale = -2 * math.pi * radius_per_m
+    return float(sol[1] / scale * 1e3), float(sol[2] / scale * 1e3), math.degrees(2 * math.pi * shift / n)
 
 
 def rotation_matrix_t(angles_rad: torch.Tensor) -> torch.Tensor:

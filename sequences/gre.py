@@ -50,7 +50,7 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence
 from sequences.header import EncodingInfo, protocol_header
-from sequences.navigator import make_navigator
+from sequences.navigator import OrbitalNavigator, make_navigator, make_orbital_navigator
 from sequences.systems import SystemProfile
 
 #: golden angle for 2D radial sampling [rad] (180 deg / golden ratio)
@@ -140,7 +140,17 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
 
     nav_every = p.get("navigator_every", 0)
     nav = None
-    if nav_every:
+    if nav_every and p.get("navigator_type", "projection") == "orbital":
+        nav = make_orbital_navigator(
+            system,
+            n / (8 * fov),  # a quarter of k_max: detail enough to see a turn, signal enough to see it
+            p["navigator_flip_angle"],
+            p["rf_duration"],
+            p["rf_time_bandwidth"],
+            p["rf_dwell"],
+            thickness,
+        )
+    elif nav_every:
         nav = make_navigator(
             system,
             ro,
@@ -234,8 +244,8 @@ def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actu
             "slice": (0, len(z_pos) - 1, 0),
             "average": (0, p["n_averages"] - 1, 0),
             "repetition": (0, p["n_repetitions"] - 1, 0),
-            # navigator readouts carry SEG = projection axis (0 = x, 1 = y)
-            **({"segment": (0, 1, 0)} if nav is not None else {}),
+            # projection navigator readouts carry SEG = projection axis (0 = x, 1 = y)
+            **({"segment": (0, 0 if isinstance(nav, OrbitalNavigator) else 1, 0)} if nav is not None else {}),
         },
     )
     if kind == "radial2d":
@@ -245,14 +255,18 @@ def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actu
         enc.trajectory_comment = "spoke i at angle i*golden_angle from +x; sample j at k=(j-n/2)*dk"
     user_string = {"unisono.protocol": protocol, "unisono.system": system.name}
     user_long = {"readout_oversampling": os, "dummy_scans": p["dummy_scans"]}
-    if nav is not None:
+    user_double = {"readout_bandwidth_Hz_per_px": 1.0 / (n_samples * dwell)}
+    if isinstance(nav, OrbitalNavigator):
+        user_string["unisono.navigator"] = "orbital"
+        user_double["navigator_orbital_radius_per_m"] = nav.radius
+        user_long["navigator_every"] = p["navigator_every"]
+    elif nav is not None:
         user_string["unisono.navigator"] = "projection-xy"
         user_long["navigator_every"] = p["navigator_every"]
     header = protocol_header(
         protocol, system, [enc], TR=tr_actual, TE=te_actual, flip_angle=p["flip_angle"],
         slice_positions=z_pos, readout_dwell=dwell, sequence_type="Flash",
-        user_double={"readout_bandwidth_Hz_per_px": 1.0 / (n_samples * dwell)},
-        user_long=user_long, user_string=user_string,
+        user_double=user_double, user_long=user_long, user_string=user_string,
     )  # fmt: skip
     params = dict(p)
     params.update(

@@ -10,12 +10,22 @@ estimates motion from them and the scanner corrects the next TRs.
 Labels: every navigator ADC carries ``NAV = 1`` and ``SEG`` = axis index
 (0 = readout/x, 1 = phase/y), with LIN/PAR = 0 and the current SLC/AVG/REP;
 the MRD header says ``unisono.navigator = "projection-xy"`` and how often.
+
+The **orbital** navigator (``navigator_type = "orbital"``; Fu et al., MRM 1995) reads one
+circle of radius ``k_r`` around the k-space centre after a small-flip excitation of the
+slice: an in-plane rotation of the head turns the circle's magnitude profile by the same
+angle, and a translation t adds the phase -2 pi k.t, so one readout gives tx, ty *and* rz.
+Its ADC carries ``NAV = 1``, ``SEG = 0``; the header says
+``unisono.navigator = "orbital"`` with the radius in ``navigator_orbital_radius_per_m``;
+sample j of N sits at angle 2 pi (j + 1/2) / N from +kx.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import pypulseq as pp
 
 from sequences.blocks import (
@@ -29,6 +39,7 @@ from sequences.blocks import (
     slice_excitation,
     trap_with_duration,
 )
+from sequences.protocol import ProtocolError
 from sequences.systems import SystemProfile
 
 AXES = ("x", "y")
@@ -97,3 +108,128 @@ def make_navigator(
         system.block_duration_raster,
     )
     return Navigator(exc, readout, pre, spoil, spoil_z, system)
+
+
+#: samples on the orbit and their dwell: 128 x 10 us, one full turn in 1.28 ms
+ORBIT_SAMPLES = 128
+ORBIT_DWELL = 10e-6
+
+
+@dataclass(frozen=True)
+class OrbitalNavigator:
+    """A built orbital navigator: excitation, circular readout and rewinder. Durations in s.
+
+    ``knots``/``g``: the in-plane gradient (x + i y, Hz/m) at the knots of a piecewise-linear
+    waveform from the start of the readout block; ``pre_area``/``rewind_area``: in-plane
+    areas (1/m, x + i y) before and after it; ``radius``: the orbit's k radius (1/m).
+    """
+
+    exc: SliceExcitation
+    knots: np.ndarray
+    g: np.ndarray
+    adc_delay: float
+    pre_area: complex
+    rewind_area: complex
+    radius: float
+    pre_duration: float
+    readout_duration: float
+    spoil_duration: float
+    spoil_z: float
+    system: SystemProfile
+
+    @property
+    def duration(self) -> float:
+        """Total time one navigator adds to the sequence [s]."""
+        return self.exc.duration + self.pre_duration + self.readout_duration + self.spoil_duration
+
+    def add_to(self, seq: pp.Sequence, freq_offset: float, counters: dict[str, int]) -> None:
+        """Append the navigator blocks for the slice at ``freq_offset`` [Hz] with SLC/AVG/REP ``counters``."""
+        opts = self.system.to_opts()
+        seq.add_block(place_rf(self.exc, freq_offset, 0.0), self.exc.grad, pp.make_delay(self.exc.duration))
+        pre = [trap_with_duration("z", self.exc.rephase_area, self.pre_duration, self.system)]
+        for axis, area in (("x", self.pre_area.real), ("y", self.pre_area.imag)):
+            if abs(area) > 1e-9:
+                pre.append(trap_with_duration(axis, area, self.pre_duration, self.system))
+        seq.add_block(*pre, pp.make_delay(self.pre_duration))
+        gx = pp.make_extended_trapezoid("x", amplitudes=self.g.real, times=self.knots, system=opts)
+        gy = pp.make_extended_trapezoid("y", amplitudes=self.g.imag, times=self.knots, system=opts)
+        adc = pp.make_adc(num_samples=ORBIT_SAMPLES, dwell=ORBIT_DWELL, delay=self.adc_delay, system=opts)
+        lab = labels(nav=True, seg=0, **counters)
+        seq.add_block(gx, gy, adc, pp.make_delay(self.readout_duration), *lab)
+        post = [trap_with_duration("z", self.spoil_z, self.spoil_duration, self.system)]
+        for axis, area in (("x", self.rewind_area.real), ("y", self.rewind_area.imag)):
+            if abs(area) > 1e-9:
+                post.append(trap_with_duration(axis, area, self.spoil_duration, self.system))
+        seq.add_block(*post, pp.make_delay(self.spoil_duration))
+
+
+def make_orbital_navigator(
+    system: SystemProfile,
+    radius: float,
+    flip_angle: float,
+    rf_duration: float,
+    rf_time_bw: float,
+    rf_dwell: float,
+    thickness: float,
+) -> OrbitalNavigator:
+    """Orbital navigator of k radius ``radius`` [1/m] on ``system`` (see the module docstring).
+
+    The gradient turns at the constant rate of one orbit per ``ORBIT_SAMPLES * ORBIT_DWELL``;
+    its amplitude ramps in and out linearly (at most half the system's slew) while it keeps
+    turning, and the prephaser puts k on the orbit's angle 0 when the ADC starts.
+    """
+    exc = slice_excitation(system, flip_angle, rf_duration, rf_time_bw, 0.5, rf_dwell, thickness)
+    raster = system.grad_raster_time
+    period = ORBIT_SAMPLES * ORBIT_DWELL
+    omega = 2 * math.pi / period
+    amp = radius * omega  # Hz/m on the orbit
+    turn_slew = amp * omega  # Hz/m/s spent on turning at full amplitude
+    if amp > system.max_grad_hz or turn_slew > 0.5 * system.max_slew_hz:
+        raise ProtocolError(
+            f"the orbital navigator (radius {radius:.4g} 1/m in {period * 1e3:g} ms) needs "
+            f"{amp / system.gamma * 1e3:.3g} mT/m and {turn_slew / system.gamma:.3g} T/m/s; "
+            f"system {system.name} allows {system.max_grad * 1e3:g} mT/m and {system.max_slew:g} T/m/s"
+        )
+    ramp = ceil_to(max(amp / (0.5 * system.max_slew_hz), system.adc_dead_time, 2 * raster), raster)
+    total = ramp + period + ramp
+    knots = np.round(np.arange(0.0, total + raster / 2, raster) / raster) * raster
+    envelope = np.clip(np.minimum(knots / ramp, (total - knots) / ramp), 0.0, 1.0)
+    g = 1j * amp * np.exp(1j * omega * (knots - ramp)) * envelope
+    g[0] = g[-1] = 0.0
+    # k along the piecewise-linear waveform (trapezoidal rule is exact for it)
+    k = np.concatenate([[0.0], np.cumsum((g[1:] + g[:-1]) / 2 * raster)])
+    i_start = int(round(ramp / raster))
+    pre_area = radius - k[i_start]
+    rewind_area = -(pre_area + k[-1])
+    pre = ceil_to(
+        max(
+            min_trap_duration(abs(pre_area.real), system),
+            min_trap_duration(abs(pre_area.imag), system),
+            min_trap_duration(exc.rephase_area, system),
+        ),
+        system.block_duration_raster,
+    )
+    spoil_z = 4.0 / thickness
+    spoil = ceil_to(
+        max(
+            min_trap_duration(abs(rewind_area.real), system),
+            min_trap_duration(abs(rewind_area.imag), system),
+            min_trap_duration(spoil_z, system),
+        ),
+        system.block_duration_raster,
+    )
+    readout = ceil_to(total + system.adc_dead_time, system.block_duration_raster)
+    return OrbitalNavigator(
+        exc,
+        knots,
+        g,
+        ramp,
+        complex(pre_area),
+        complex(rewind_area),
+        radius,
+        pre,
+        readout,
+        spoil,
+        spoil_z,
+        system,
+    )

@@ -156,6 +156,37 @@ def test_image_method_recovers_an_in_plane_rigid_move_between_repetitions():
     assert fb.rotation_deg[2] == pytest.approx(4.0, abs=1.0)
 
 
+def test_orbital_navigator_in_the_stream_recovers_translation_and_in_plane_rotation():
+    import sequences
+    import simulator
+    from gadgets.feedback import decode, is_feedback
+    from simulator.motion import MotionTrajectory
+
+    overrides = {**BenchSettings(matrix=32, navigator_every=4, navigator_type="orbital").overrides()}
+    built = sequences.build_protocol("gre2d", overrides=overrides)
+    site = simulator.load_site("siteA")
+    header = simulator.with_site(built.header, site)
+    phantom = simulator.brain_phantom(
+        field_T=site.field_T, fov_m=0.22, matrix=32, slice_thickness_m=0.005, n_slices=1
+    )
+    d = float(built.seq.duration()[0])
+    motion = MotionTrajectory([0, 0.4 * d, 0.45 * d], [[0, 0, 0], [0, 0, 0], [2, -3, 0]],
+                              [[0, 0, 0], [0, 0, 0], [0, 0, 3]])  # fmt: skip
+    acqs = simulator.simulate(built.seq, phantom, site, header=header, isochromats_per_voxel=9, motion=motion)
+    out = gadgets.run_chain(gadgets.load_chain("cartesian-motion"), header, list(acqs), images_only=False)
+    estimates = [decode(o) for o in out if is_feedback(o)]
+    assert estimates and all(e.method == "navigator-orbital" for e in estimates)
+    assert estimates[0].observed == (True, True, False, False, False, True)
+    before = [e for e in estimates if e.time_s < 0.4 * d]
+    after = [e for e in estimates if e.time_s > 0.46 * d]
+    assert before and after
+    for e in before:
+        assert np.abs(e.translation_mm[:2]).max() < 0.3 and abs(e.rotation_deg[2]) < 0.6
+    for e in after:
+        assert np.allclose(e.translation_mm[:2], (2.0, -3.0), atol=0.4), e.translation_mm
+        assert e.rotation_deg[2] == pytest.approx(3.0, abs=0.6)
+
+
 def test_image_method_recovers_all_six_parameters_from_3d_volumes():
     """gre3d repetitions registered volume to volume: through-plane motion and all rotations."""
     from unisono.motion_bench import volume_pose_estimate

@@ -16,7 +16,7 @@ from recon.motion_correction import (
     rotated_coordinates,
     undo_translation,
 )
-from recon.registration import fixed_receive_field, projection_shift, register_rigid
+from recon.registration import fixed_receive_field, orbital_pose, projection_shift, register_rigid
 
 # (centre x mm, centre y mm, width mm, amplitude): an asymmetric object, so rotations are visible
 BLOBS = [(-20.0, 10.0, 18.0, 1.0), (30.0, -20.0, 10.0, 0.7), (0.0, 40.0, 7.0, 0.5), (10.0, 0.0, 40.0, 0.3)]
@@ -180,6 +180,34 @@ def test_fixed_shading_biases_registration_unless_divided_out():
     assert err(corrected) < 0.2
     assert err(naive) > 2 * err(corrected)
     assert corrected.translation_mm == pytest.approx(tuple(t.tolist()), abs=0.15)
+
+
+def _orbit(t_mm=(0.0, 0.0), rz_deg: float = 0.0, n: int = 128, radius_per_mm: float = 0.04, coils: int = 4):
+    """(coils, n) orbital readout of the moved blobs: k = radius (cos, sin)(2 pi (j + 1/2) / n)."""
+    phi = 2 * math.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    line = blob_spectrum(radius_per_mm * torch.cos(phi), radius_per_mm * torch.sin(phi), t_mm, rz_deg)
+    gen = torch.Generator().manual_seed(7)  # fixed complex coil weights
+    w = torch.polar(torch.rand(coils, 1, generator=gen, dtype=torch.float64) + 0.5,
+                    torch.rand(coils, 1, generator=gen, dtype=torch.float64) * 6.28)  # fmt: skip
+    return w * line[None]
+
+
+ORBIT_CASES = [((0.0, 0.0), 0.0), ((2.0, -3.0), 0.0), ((0.0, 0.0), 3.0), ((-1.0, 1.5), -2.5), ((4, 2), 8)]
+
+
+@pytest.mark.parametrize("t_mm, rz_deg", ORBIT_CASES)
+def test_orbital_pose_recovers_translation_and_in_plane_rotation(t_mm, rz_deg):
+    ref = _orbit()
+    tx, ty, rz = orbital_pose(_orbit(t_mm, rz_deg), ref, 40.0)  # 0.04 /mm = 40 /m
+    assert (tx, ty) == pytest.approx(t_mm, abs=0.02)
+    assert rz == pytest.approx(rz_deg, abs=0.05)
+
+
+def test_orbital_pose_refuses_mismatched_or_empty_readouts():
+    with pytest.raises(ValueError, match="one shape"):
+        orbital_pose(torch.zeros(2, 8, dtype=torch.complex64), torch.zeros(2, 9, dtype=torch.complex64), 40.0)
+    with pytest.raises(ValueError, match="without signal"):
+        orbital_pose(torch.zeros(2, 8, dtype=torch.complex64), torch.zeros(2, 8, dtype=torch.complex64), 40.0)
 
 
 def test_register_rigid_rejects_mismatched_input():

@@ -387,6 +387,36 @@ def test_motion_navigator_is_labelled_and_interleaved():
     assert measure_tr(b.seq) == pytest.approx(b.params["TR"], abs=1e-9)  # imaging TR unchanged
 
 
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_orbital_navigator_reads_one_circle_around_the_centre(system):
+    """One NAV readout per navigator, on the circle of radius k_max / 4, angle 2 pi (j + 1/2) / N."""
+    ov = {"matrix": 16, "navigator_every": 4, "navigator_type": "orbital", "dummy_scans": 0}
+    b = sequences.build_protocol("gre2d", system, ov)
+    assert b.seq.check_timing()[0]
+    events = adc_events(b.seq)
+    navs = [e for e in events[1:] if e.labels["NAV"]]
+    assert len(navs) == 4 and all(e.labels["SEG"] == 0 for e in navs)
+    k, _ = kspace_per_adc(b.seq)
+    orbit = next(kk for e, kk in zip(events, k, strict=True) if e.labels["NAV"])
+    doubles = {u.name: u.value for u in b.header.userParameters.userParameterDouble}
+    radius = doubles["navigator_orbital_radius_per_m"]
+    assert radius == pytest.approx(16 / (8 * FOV))
+    n = orbit.shape[0]
+    phi = 2 * np.pi * (np.arange(n) + 0.5) / n
+    # the piecewise-linear gradient keeps k within 0.2 % of the radius of the ideal orbit
+    np.testing.assert_allclose(orbit[:, 0], radius * np.cos(phi), atol=2e-3 * radius)
+    np.testing.assert_allclose(orbit[:, 1], radius * np.sin(phi), atol=2e-3 * radius)
+    np.testing.assert_allclose(orbit[:, 2], 0.0, atol=1e-6 / FOV)
+    strings = {u.name: u.value for u in b.header.userParameters.userParameterString}
+    assert strings["unisono.navigator"] == "orbital"
+    assert measure_tr(b.seq) == pytest.approx(b.params["TR"], abs=1e-9)  # imaging TR unchanged
+
+
+def test_navigator_type_is_checked():
+    with pytest.raises(sequences.ProtocolError, match="navigator_type"):
+        sequences.build_protocol("gre2d", "generic", {"navigator_every": 4, "navigator_type": "cloverleaf"})
+
+
 @pytest.mark.parametrize("protocol", sequences.list_protocols())
 def test_defaults_build_on_every_profile(protocol):
     for system in SYSTEMS:

@@ -54,7 +54,7 @@ import numpy as np
 
 __all__ = ["BenchSettings", "standard_trajectory", "run_benchmark", "TRAJECTORIES"]
 
-TRAJECTORIES = ("drift", "step", "nod")
+TRAJECTORIES = ("drift", "step", "nod", "turn")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class BenchSettings:
     isochromats: int = 9
     site: str = "siteA"
     navigator_every: int = 1
+    navigator_type: str = "orbital"
     navigator_flip_deg: float = 30.0
     rf_duration_ms: float = 1.0
     rf_dwell_us: float = 20.0
@@ -80,6 +81,7 @@ class BenchSettings:
             "TR": self.tr_ms,
             "flip_angle": self.flip_deg,
             "navigator_every": self.navigator_every,
+            "navigator_type": self.navigator_type,
             "navigator_flip_angle": self.navigator_flip_deg,
             "rf_duration": self.rf_duration_ms,
             "rf_dwell": self.rf_dwell_us,
@@ -95,6 +97,8 @@ def standard_trajectory(name: str, duration_s: float):
     * ``nod``: at 50 % a 0.3 s nod and back: up to ty = 4 mm and tz = 1 mm with a 2 degree
       rotation about x (the left-right axis): partly through-plane, which the two in-plane
       projection navigators cannot see.
+    * ``turn``: at 35 % a 0.5 s turn of the head about z (shaking "no") to rz = 3 degrees with
+      (tx, ty) = (1, -1) mm, kept: in-plane, seen by the orbital navigator.
     """
     from simulator.motion import MotionTrajectory
 
@@ -116,6 +120,12 @@ def standard_trajectory(name: str, duration_s: float):
             [[0, 0, 0], [0, 0, 0], [2.0, 0, 0], [0, 0, 0]],
             name="nod",
         )
+    if name == "turn":
+        t0 = 0.35 * d
+        return MotionTrajectory(
+            [0.0, t0, t0 + 0.5], [[0, 0, 0], [0, 0, 0], [1.0, -1.0, 0]], [[0, 0, 0], [0, 0, 0], [0, 0, 3.0]],
+            name="turn",
+        )  # fmt: skip
     raise ValueError(f"motion benchmark trajectory must be one of {TRAJECTORIES}, got {name!r}")
 
 
@@ -261,7 +271,7 @@ def _estimation_errors(messages: list[Any], motion) -> dict[str, Any]:
         dr = (np.asarray(fb.rotation_deg) - true_r)[obs[3:]]
         err_t.extend(dt.tolist())
         err_r.extend(dr.tolist())
-        rows.append((fb.time_s, *fb.translation_mm, *true_t))
+        rows.append((fb.time_s, *fb.translation_mm, *true_t, fb.rotation_deg[2]))
     unobserved_t = [i for i in range(3) if not messages or not messages[0].observed[i]]
     unobserved_r = [i for i in range(3) if not messages or not messages[0].observed[3 + i]]
     return {
@@ -316,28 +326,35 @@ def _plot(traces: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(traces)
-    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 5.5), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(3, len(names), figsize=(4.2 * len(names), 7.5), squeeze=False, sharex="col")
     for j, name in enumerate(names):
         motion, est_off, est_on = traces[name]["motion"], traces[name]["off"], traces[name]["on"]
         t = np.linspace(0, traces[name]["duration_s"], 400)
-        for i, label in enumerate(("tx", "ty")):
+        poses = [motion.transform_at(v) for v in t]
+        # (row label, column of the estimate in the trace rows, true values at t)
+        panels = (
+            ("tx (mm)", 1, [p.translation_mm[0] for p in poses]),
+            ("ty (mm)", 2, [p.translation_mm[1] for p in poses]),
+            ("rz (deg)", 7, [p.rotation_deg[2] for p in poses]),
+        )
+        for i, (label, col, truth) in enumerate(panels):
             ax = axes[i, j]
-            ax.plot(t, [motion.transform_at(v).translation_mm[i] for v in t], "k-", label="true")
+            ax.plot(t, truth, "k-", label="true")
             for rows, style, lab in (
                 (est_off, "o", "navigator (open loop)"),
                 (est_on, "x", "navigator (closed loop)"),
             ):
                 if rows:
                     a = np.asarray(rows)
-                    ax.plot(a[:, 0], a[:, 1 + i], style, label=lab)
-            ax.set_ylabel(f"{label} (mm)")
+                    ax.plot(a[:, 0], a[:, col], style, label=lab, markersize=3)
+            ax.set_ylabel(label)
             if i == 0:
                 ax.set_title(name)
-            if i == 1:
+            if i == len(panels) - 1:
                 ax.set_xlabel("sequence time (s)")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("unisono motion benchmark: true vs estimated head translation")
+    fig.suptitle("unisono motion benchmark: true vs estimated head pose")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
