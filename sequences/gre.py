@@ -50,7 +50,7 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence
 from sequences.header import EncodingInfo, protocol_header
-from sequences.navigator import OrbitalNavigator, make_navigator, make_orbital_navigator
+from sequences.navigator import ORBIT_RADIUS, OrbitalNavigator, make_navigator, make_orbital_navigator
 from sequences.systems import SystemProfile
 
 #: golden angle for 2D radial sampling [rad] (180 deg / golden ratio)
@@ -143,7 +143,7 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     if nav_every and p.get("navigator_type", "projection") == "orbital":
         nav = make_orbital_navigator(
             system,
-            n / (8 * fov),  # a quarter of k_max: detail enough to see a turn, signal enough to see it
+            ORBIT_RADIUS,
             p["navigator_flip_angle"],
             p["rf_duration"],
             p["rf_time_bandwidth"],

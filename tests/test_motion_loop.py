@@ -12,7 +12,7 @@ import pytest
 import gadgets
 from gadgets.feedback import applied_pose
 from unisono.cli import main
-from unisono.motion_bench import BenchSettings, _image, _metrics, standard_trajectory
+from unisono.motion_bench import BenchSettings, _image, _imaging_start_s, _metrics, standard_trajectory
 from unisono.scan import ScannerFeedback, ScanRequest, run_scan
 
 SETTINGS = BenchSettings(matrix=32, isochromats=9, navigator_every=4)
@@ -40,7 +40,8 @@ def scans(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("motion-loop")
     still = _scan(tmp, "still", None, False)
     duration = still["report"]["sequence_duration_s"]
-    motion = standard_trajectory("step", duration)
+    start = _imaging_start_s(next((tmp / "still" / "raw").glob("*.h5")))
+    motion = standard_trajectory("step", duration, start)
     return {
         "motion": motion,
         "still": still,
@@ -162,23 +163,28 @@ def test_orbital_navigator_in_the_stream_recovers_translation_and_in_plane_rotat
     from gadgets.feedback import decode, is_feedback
     from simulator.motion import MotionTrajectory
 
-    overrides = {**BenchSettings(matrix=32, navigator_every=4, navigator_type="orbital").overrides()}
+    # the benchmark's setting (matrix 64: a coarser phantom blurs the orbit's magnitude profile)
+    overrides = BenchSettings(navigator_every=4, navigator_type="orbital").overrides()
     built = sequences.build_protocol("gre2d", overrides=overrides)
     site = simulator.load_site("siteA")
     header = simulator.with_site(built.header, site)
     phantom = simulator.brain_phantom(
-        field_T=site.field_T, fov_m=0.22, matrix=32, slice_thickness_m=0.005, n_slices=1
+        field_T=site.field_T, fov_m=0.22, matrix=64, slice_thickness_m=0.005, n_slices=1
     )
     d = float(built.seq.duration()[0])
-    motion = MotionTrajectory([0, 0.4 * d, 0.45 * d], [[0, 0, 0], [0, 0, 0], [2, -3, 0]],
+    # imaging starts after the noise prescan and the dummy TRs; the head turns 40-45 % into it
+    noise_block = float(built.seq.get_block(1).block_duration)
+    start = noise_block + built.params["dummy_scans"] * built.params["actual_TR"]
+    t0, t1 = start + 0.4 * (d - start), start + 0.45 * (d - start)
+    motion = MotionTrajectory([0, t0, t1], [[0, 0, 0], [0, 0, 0], [2, -3, 0]],
                               [[0, 0, 0], [0, 0, 0], [0, 0, 3]])  # fmt: skip
     acqs = simulator.simulate(built.seq, phantom, site, header=header, isochromats_per_voxel=9, motion=motion)
     out = gadgets.run_chain(gadgets.load_chain("cartesian-motion"), header, list(acqs), images_only=False)
     estimates = [decode(o) for o in out if is_feedback(o)]
     assert estimates and all(e.method == "navigator-orbital" for e in estimates)
     assert estimates[0].observed == (True, True, False, False, False, True)
-    before = [e for e in estimates if e.time_s < 0.4 * d]
-    after = [e for e in estimates if e.time_s > 0.46 * d]
+    before = [e for e in estimates if e.time_s < t0]
+    after = [e for e in estimates if e.time_s > t1 + 0.1]
     assert before and after
     for e in before:
         assert np.abs(e.translation_mm[:2]).max() < 0.3 and abs(e.rotation_deg[2]) < 0.6

@@ -389,7 +389,7 @@ def test_motion_navigator_is_labelled_and_interleaved():
 
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_orbital_navigator_reads_one_circle_around_the_centre(system):
-    """One NAV readout per navigator, on the circle of radius k_max / 4, angle 2 pi (j + 1/2) / N."""
+    """One NAV readout per navigator, on the circle of radius 60 /m, angle 2 pi (j + 1/2) / N."""
     ov = {"matrix": 16, "navigator_every": 4, "navigator_type": "orbital", "dummy_scans": 0}
     b = sequences.build_protocol("gre2d", system, ov)
     assert b.seq.check_timing()[0]
@@ -400,7 +400,7 @@ def test_orbital_navigator_reads_one_circle_around_the_centre(system):
     orbit = next(kk for e, kk in zip(events, k, strict=True) if e.labels["NAV"])
     doubles = {u.name: u.value for u in b.header.userParameters.userParameterDouble}
     radius = doubles["navigator_orbital_radius_per_m"]
-    assert radius == pytest.approx(16 / (8 * FOV))
+    assert radius == pytest.approx(60.0)
     n = orbit.shape[0]
     phi = 2 * np.pi * (np.arange(n) + 0.5) / n
     # the piecewise-linear gradient keeps k within 0.2 % of the radius of the ideal orbit

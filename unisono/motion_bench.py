@@ -20,11 +20,13 @@ feedback decoded), an upper bound of the server's navigator-in -> feedback-out t
 the estimator's own time stamped in each message.
 
 Defaults keep one run to a few minutes on 2 CPU cores: matrix 64, the project's T1-weighted
-protocol (TR 100 ms, flip 70 degrees, as the traveling-subject study), 9 isochromats per voxel
-(a 3 x 3 in-plane grid, which cancels the protocol's 2-cycle spoilers), a 1 ms / 20 us RF
-pulse (the RF Bloch step dominates when spins move), a navigator pair before every imaging
-TR (it fits in the TR's dead time) with a 30 degree navigator flip, dead band 0.2 mm / 0.2 deg
-(about the navigators' noise).
+protocol (TR 100 ms, flip 70 degrees, 40 dummy TRs, as the traveling-subject study), 9
+isochromats per voxel (a 3 x 3 in-plane grid, which cancels the protocol's 2-cycle spoilers),
+a 1 ms / 20 us RF pulse (the RF Bloch step dominates when spins move), an orbital navigator
+(tx, ty, rz) before every imaging TR (it fits in the TR's dead time) with a 30 degree
+navigator flip, dead band 0.2 mm / 0.2 deg (about the navigators' noise). The 40 dummy TRs
+matter for the orbital navigator: with the protocol's 4, the magnitude profile still changes
+by ~9 % as the steady state builds up, which reads as a -0.45 deg turn.
 
 Why TR 100 ms and not the protocol's default 20 ms / 15 degrees: with a finite number of spins
 per voxel the residual transverse coherences of a short-TR spoiled steady state leave a
@@ -64,6 +66,7 @@ class BenchSettings:
     matrix: int = 64
     tr_ms: float = 100.0
     flip_deg: float = 70.0
+    dummy_scans: int = 40
     isochromats: int = 9
     site: str = "siteA"
     navigator_every: int = 1
@@ -80,6 +83,7 @@ class BenchSettings:
             "matrix": self.matrix,
             "TR": self.tr_ms,
             "flip_angle": self.flip_deg,
+            "dummy_scans": self.dummy_scans,
             "navigator_every": self.navigator_every,
             "navigator_type": self.navigator_type,
             "navigator_flip_angle": self.navigator_flip_deg,
@@ -88,8 +92,12 @@ class BenchSettings:
         }
 
 
-def standard_trajectory(name: str, duration_s: float):
+def standard_trajectory(name: str, duration_s: float, start_s: float = 0.0):
     """One of the benchmark's head motions over a scan of ``duration_s`` (s).
+
+    Percentages are of the imaging part, from ``start_s`` (the first navigator or imaging
+    readout, after the dummy TRs) to the end: motion during the dummies would happen before the
+    reference navigator, where no correction relative to it can see it.
 
     * ``drift``: at rest for the first 20 % of the scan, then a linear drift to
       (tx, ty) = (1.5, 3.0) mm at the end (in-plane, what the navigators see).
@@ -103,17 +111,23 @@ def standard_trajectory(name: str, duration_s: float):
     from simulator.motion import MotionTrajectory
 
     d = float(duration_s)
+    if not 0.0 <= start_s < d:
+        raise ValueError(f"motion trajectory start_s={start_s} must be in [0, duration_s={d})")
+
+    def at(fraction: float) -> float:
+        return start_s + fraction * (d - start_s)
+
     if name == "drift":
         return MotionTrajectory(
-            [0.0, 0.2 * d, d], [[0, 0, 0], [0, 0, 0], [1.5, 3.0, 0]], np.zeros((3, 3)), "drift"
+            [0.0, at(0.2), d], [[0, 0, 0], [0, 0, 0], [1.5, 3.0, 0]], np.zeros((3, 3)), "drift"
         )
     if name == "step":
-        t0 = 0.45 * d
+        t0 = at(0.45)
         return MotionTrajectory(
             [0.0, t0, t0 + 0.05], [[0, 0, 0], [0, 0, 0], [-2.0, 3.0, 0]], np.zeros((3, 3)), name="step"
         )
     if name == "nod":
-        t0 = 0.5 * d
+        t0 = at(0.5)
         return MotionTrajectory(
             [0.0, t0, t0 + 0.15, t0 + 0.3],
             [[0, 0, 0], [0, 0, 0], [0, 4.0, 1.0], [0, 0, 0]],
@@ -121,7 +135,7 @@ def standard_trajectory(name: str, duration_s: float):
             name="nod",
         )
     if name == "turn":
-        t0 = 0.35 * d
+        t0 = at(0.35)
         return MotionTrajectory(
             [0.0, t0, t0 + 0.5], [[0, 0, 0], [0, 0, 0], [1.0, -1.0, 0]], [[0, 0, 0], [0, 0, 0], [0, 0, 3.0]],
             name="turn",
@@ -200,7 +214,7 @@ def _volume_estimation(device: str) -> dict[str, Any]:
     }
 
 
-def _oracle_channel(motion, base: type, dead_band: tuple[float, float]) -> Any:
+def _oracle_channel(motion, base: type, dead_band: tuple[float, float], last_segment: int) -> Any:
     """A scanner feedback channel fed the *true* pose at each navigator pair (ignores the server).
 
     Same update points, lockstep and dead band as the real loop: it separates what estimation
@@ -222,7 +236,8 @@ def _oracle_channel(motion, base: type, dead_band: tuple[float, float]) -> Any:
 
         def tag(self, acquisitions):
             for acq in super().tag(acquisitions):
-                if acq.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA) and int(acq.idx.segment) == 1:
+                # a navigator is complete with its last readout (projection: SEG 1; orbital: SEG 0)
+                if acq.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA) and int(acq.idx.segment) == last_segment:
                     t = int(acq.acquisition_time_stamp) * TIME_TICK_S
                     self._pairs += 1
                     if self._pairs == 2:  # the estimator's reference pair (reference_pair = 1)
@@ -240,6 +255,20 @@ def _oracle_channel(motion, base: type, dead_band: tuple[float, float]) -> Any:
                 yield acq
 
     return OracleFeedback()
+
+
+def _imaging_start_s(raw_file: Path) -> float:
+    """Sequence time (s) of the first readout after the noise prescan (navigator or imaging)."""
+    import ismrmrd
+
+    import gadgets
+    from gadgets.motion import TIME_TICK_S
+
+    _, acqs = gadgets.read_raw(raw_file)
+    for acq in acqs:
+        if not acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+            return int(acq.acquisition_time_stamp) * TIME_TICK_S
+    raise RuntimeError(f"{raw_file} holds no readout besides the noise prescan")
 
 
 def _image(out: Path) -> np.ndarray:
@@ -401,13 +430,14 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     t_start = time.perf_counter()
 
     dead_band = (settings.dead_band_mm, settings.dead_band_deg)
+    last_nav_segment = 0 if settings.navigator_type == "orbital" else 1
 
     def scan(tag: str, motion, feedback: bool, oracle: bool = False) -> tuple[Path, ScannerFeedback]:
         out = out_root / tag
         if out.exists():
             shutil.rmtree(out)  # the raw recording of an earlier run must not be picked up
         channel = (
-            _oracle_channel(motion, ScannerFeedback, dead_band)
+            _oracle_channel(motion, ScannerFeedback, dead_band, last_nav_segment)
             if oracle
             else ScannerFeedback(
                 feedback, min_change_mm=dead_band[0], min_change_deg=dead_band[1], sync_timeout_s=1.0
@@ -435,6 +465,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     import json
 
     duration_s = float(json.loads((still_dir / "scan.json").read_text())["sequence_duration_s"])
+    start_s = _imaging_start_s(next((still_dir / "raw").glob("*.h5")))
     chain = gadgets.load_chain("cartesian-motion", overrides={"motion": {"emit_feedback": False}})
     results: dict[str, Any] = {}
     traces: dict[str, dict[str, Any]] = {}
@@ -442,7 +473,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     processing: list[float] = []
     all_err_t: list[float] = []
     for name in names:
-        motion = standard_trajectory(name, duration_s)
+        motion = standard_trajectory(name, duration_s, start_s)
         off_dir, off = scan(f"{name}_off", motion, False)
         on_dir, on = scan(f"{name}_on", motion, True)
         oracle_dir, _ = scan(f"{name}_oracle", motion, True, oracle=True)
@@ -501,6 +532,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
             "protocol": "gre2d",
             "chain": "cartesian-motion",
             "sequence_duration_s": duration_s,
+            "imaging_start_s": start_s,
         },  # fmt: skip
         "trajectories": results,
         "estimation_rms_mm_all": float(np.sqrt(np.mean(np.square(all_err_t)))) if all_err_t else None,
