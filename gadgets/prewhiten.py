@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import ismrmrd
@@ -52,7 +53,21 @@ def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise
     noise: list[np.ndarray] = []
     noise_dwell_us: float | None = None
     W: torch.Tensor | None = None
+    whiteners: dict[float, np.ndarray] = {}  # dwell (us) -> whitening matrix at that bandwidth
     decided = False
+
+    def whitener(dwell_us: float) -> np.ndarray:
+        """W for data sampled at ``dwell_us``: noise power scales with the bandwidth, so a
+        readout at another dwell than the noise scan (a navigator, say) gets its own scale."""
+        assert W is not None
+        if dwell_us not in whiteners:
+            scale = 1.0
+            if noise_dwell_us and dwell_us and abs(noise_dwell_us - dwell_us) > 1e-6:
+                scale = bandwidth_scale(noise_dwell_us * 1e-6, dwell_us * 1e-6, relative_bandwidth)
+                log.info("prewhitening readouts of %.4g us dwell with noise scale %.4g", dwell_us, scale)
+            whiteners[dwell_us] = (W / math.sqrt(scale)).numpy()
+        return whiteners[dwell_us]
+
     for item in connection:
         if not isinstance(item, ismrmrd.Acquisition):
             connection.send(item)
@@ -71,24 +86,15 @@ def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise
             if noise:
                 samples = torch.from_numpy(np.concatenate(noise, axis=1))
                 cov = noise_covariance(samples)
-                scale = 1.0
-                data_dwell_us = float(item.sample_time_us)
-                if noise_dwell_us and data_dwell_us and abs(noise_dwell_us - data_dwell_us) > 1e-6:
-                    scale = bandwidth_scale(noise_dwell_us * 1e-6, data_dwell_us * 1e-6, relative_bandwidth)
-                W = prewhitening_matrix(cov, scale=scale)
-                log.info(
-                    "noise prewhitening from %d samples x %d coils (dwell scale %.4g)",
-                    samples.shape[1],
-                    samples.shape[0],
-                    scale,
-                )
+                W = prewhitening_matrix(cov)
+                log.info("noise prewhitening from %d samples x %d coils", samples.shape[1], samples.shape[0])
             else:
                 log.info("no noise scans in the stream; data are not prewhitened")
         if W is None:
             connection.send(item)
             continue
-        W_np = W.numpy()
-        # whiten this readout and those already waiting behind it (same length) in one GEMM
+
+        # whiten this readout and those already waiting behind it (same dwell) in one GEMM
         batch = [item, *(ready(BATCH - 1) if ready is not None else [])]
         lines: list[ismrmrd.Acquisition] = []
         for acq in batch:
@@ -98,13 +104,18 @@ def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise
                         f"readout has {acq.active_channels} active channels but the noise scans had "
                         f"{W.shape[0]}"
                     )
+                if lines and float(acq.sample_time_us) != float(lines[0].sample_time_us):
+                    _whiten_and_send(connection, whitener(float(lines[0].sample_time_us)), lines)
+                    lines = []
                 lines.append(acq)
                 continue
-            _whiten_and_send(connection, W_np, lines)  # keep the stream's order
+            if lines:  # keep the stream's order
+                _whiten_and_send(connection, whitener(float(lines[0].sample_time_us)), lines)
             lines = []
             if isinstance(acq, ismrmrd.Acquisition):
                 log.warning("noise readout after imaging data ignored for prewhitening")
                 if not keep_noise:
                     continue
             connection.send(acq)
-        _whiten_and_send(connection, W_np, lines)
+        if lines:
+            _whiten_and_send(connection, whitener(float(lines[0].sample_time_us)), lines)

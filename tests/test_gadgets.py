@@ -305,3 +305,31 @@ def test_stream_recording_reads_and_converts_even_when_cut_short(tmp_path: Path)
     assert not cut.exists()  # the stream file is removed once converted
     h5_header, h5_acqs = read_raw(tmp_path / "cut.h5")
     assert all(a == b for a, b in zip(h5_acqs, acqs[:-2], strict=True))
+
+
+def test_prewhitening_scales_each_readout_by_its_own_dwell() -> None:
+    """Noise power follows the sampled bandwidth: a navigator at another dwell than the imaging
+    readouts (and the noise scan) must come out with unit-variance noise as well."""
+    from gadgets.synthetic import make_header, noise_acquisition
+
+    rng = np.random.default_rng(3)
+    coils, n = 4, 4096
+    mix = np.array([[1.0, 0.3, 0, 0], [0, 1.2, 0.2, 0], [0, 0, 0.8, 0.1], [0.2, 0, 0, 1.0]])
+
+    def noise(dwell_us: float) -> np.ndarray:
+        """Correlated coil noise whose variance per sample is proportional to 1 / dwell."""
+        white = (rng.standard_normal((coils, n)) + 1j * rng.standard_normal((coils, n))) / np.sqrt(2)
+        return (mix @ white) * np.sqrt(10.0 / dwell_us)
+
+    header = make_header((16, 16), n_coils=coils)
+    stream = [noise_acquisition(noise(10.0), dwell_us=10.0)]
+    for dwell in (32.0, 10.0, 32.0, 5.0):  # imaging, navigator, imaging, another navigator
+        acq = noise_acquisition(noise(dwell), dwell_us=dwell)
+        acq.clear_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+        stream.append(acq)
+    chain = parse_chain('name = "w"\n[[gadget]]\nname = "noise"\ngadget = "NoiseAdjust"\n')
+    out = run_chain(chain, header, stream, images_only=False)
+    assert [a.sample_time_us for a in out] == [32.0, 10.0, 32.0, 5.0]
+    for acq in out:
+        cov = np.cov(np.asarray(acq.data))
+        np.testing.assert_allclose(cov, np.eye(coils), atol=0.08)
