@@ -30,6 +30,7 @@ GADGETS: dict[str, tuple[str, str]] = {
     "ImageFinish": ("gadgets.finishing", "image_finish"),
     "PassThrough": ("gadgets.passthrough", "pass_through"),
     "MotionEstimation": ("gadgets.motion", "motion_estimation"),
+    "RetrospectiveMotion": ("gadgets.retro_motion", "retrospective_motion"),
 }
 
 

@@ -98,7 +98,11 @@ def rotated_coordinates(ny: int, nx: int, rotation_deg: torch.Tensor) -> torch.T
 
 
 def reconstruct_rotated(
-    kspace: torch.Tensor, coords: torch.Tensor, iterations: int = 15, tol: float = 1e-4
+    kspace: torch.Tensor,
+    coords: torch.Tensor,
+    iterations: int = 15,
+    tol: float = 1e-4,
+    sampled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Coil images from samples at non-uniform positions of the reference spectrum.
 
@@ -110,11 +114,15 @@ def reconstruct_rotated(
         coords: (ny, nx, 2) (kx, ky) in cycles per FOV, from :func:`rotated_coordinates`.
         iterations: CG iterations at most.
         tol: relative residual to stop at.
+        sampled: optional bool (ny,) lines that were acquired; the others are left out of the
+            fit instead of being taken as measured zeros.
 
     Returns:
         complex (coil, ny, nx) images, orthonormal scaling like :func:`recon.fft.ifftnc`.
     """
     ncoil, ny, nx = kspace.shape
+    if sampled is not None:
+        kspace, coords = kspace[:, sampled], coords[sampled]
     p = nufft.plan(coords.reshape(-1, 2), (ny, nx))
     y = kspace.reshape(ncoil, -1).to(torch.complex64)
 

@@ -10,9 +10,9 @@ streams a navigated gre2d scan live to an in-process server running the
 * prospective with the true pose: the same loop (update points, lockstep, dead band) fed the
   simulated truth at each navigator instead of the estimate -- what the timing of the updates
   and the simulated spin history allow at best;
-* retrospective: the feedback-off raw data, each readout phase-corrected with the pose
-  interpolated from the navigator estimates (:mod:`recon.motion_correction`), replayed
-  through the same chain.
+* retrospective: the feedback-off raw data replayed offline through ``cartesian-retro``: each
+  readout corrected with the pose interpolated from the navigator estimates (translation
+  phase ramps, in-plane rotation by CG-NUFFT; :mod:`gadgets.retro_motion`).
 
 Images are compared with a motion-free scan of the same protocol (SSIM and NRMSE inside
 the brain mask). Latency is the client-side round trip (readout handed to the socket ->
@@ -313,38 +313,13 @@ def _estimation_errors(messages: list[Any], motion) -> dict[str, Any]:
     }
 
 
-def _retrospective(raw_file: Path, messages: list[Any], chain: Any) -> np.ndarray:
-    """Replay recorded raw data with each readout's translation removed (pose from the estimates)."""
-    import ismrmrd
-    import torch
-
+def _retrospective(raw_file: Path) -> np.ndarray:
+    """Replay recorded raw data through ``cartesian-retro``: the navigators' poses interpolated to
+    each readout undo its translation and in-plane rotation (:mod:`gadgets.retro_motion`)."""
     import gadgets
-    from gadgets.motion import TIME_TICK_S
-    from recon.motion_correction import undo_translation_line
 
     header, acqs = gadgets.read_raw(raw_file)
-    enc = header.encoding[0].encodedSpace
-    fov_x, fov_y = float(enc.fieldOfView_mm.x) * 1e-3, float(enc.fieldOfView_mm.y) * 1e-3
-    ny = int(enc.matrixSize.y)
-    times = np.array([fb.time_s for fb in messages])
-    tx = np.array([fb.translation_mm[0] for fb in messages])
-    ty = np.array([fb.translation_mm[1] for fb in messages])
-    corrected = []
-    for acq in acqs:
-        skip = acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT) or acq.is_flag_set(
-            ismrmrd.ACQ_IS_NAVIGATION_DATA
-        )
-        if not skip and times.size:
-            t = int(acq.acquisition_time_stamp) * TIME_TICK_S
-            # the pose between navigators is interpolated linearly (held before the first)
-            pose = (float(np.interp(t, times, tx, left=0.0)), float(np.interp(t, times, ty, left=0.0)))
-            n = int(acq.number_of_samples)
-            kx = (torch.arange(n, dtype=torch.float64) - int(acq.center_sample)) / fov_x
-            ky = (int(acq.idx.kspace_encode_step_1) - ny // 2) / fov_y
-            data = undo_translation_line(torch.from_numpy(np.asarray(acq.data)), kx, ky, pose)
-            acq.data[:] = data.numpy()
-        corrected.append(acq)
-    images = gadgets.run_chain(chain, header, corrected)
+    images = gadgets.run_chain(gadgets.load_chain("cartesian-retro"), header, acqs)
     return np.abs(np.asarray(images[0].data, dtype=np.float32)).squeeze()
 
 
@@ -403,7 +378,6 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     """
     import torch
 
-    import gadgets
     from gadgets.feedback import FeedbackError
     from harmonize import auto_mask
     from recon.device import resolve_device
@@ -466,7 +440,6 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
 
     duration_s = float(json.loads((still_dir / "scan.json").read_text())["sequence_duration_s"])
     start_s = _imaging_start_s(next((still_dir / "raw").glob("*.h5")))
-    chain = gadgets.load_chain("cartesian-motion", overrides={"motion": {"emit_feedback": False}})
     results: dict[str, Any] = {}
     traces: dict[str, dict[str, Any]] = {}
     round_trips: list[np.ndarray] = []
@@ -479,7 +452,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
         oracle_dir, _ = scan(f"{name}_oracle", motion, True, oracle=True)
         raw = sorted((off_dir / "raw").glob("*.h5"))
         img_off, img_on, img_oracle = _image(off_dir), _image(on_dir), _image(oracle_dir)
-        img_retro = _retrospective(raw[0], off.received, chain)
+        img_retro = _retrospective(raw[0])
         est_off = _estimation_errors(off.received, motion)
         est_on = _estimation_errors(on.received, motion)
         m_off, m_on, m_retro, m_oracle = (
