@@ -11,10 +11,10 @@ and one ``.npz`` per scan with
 ``repeat`` numbers rescans of one subject at one site (fresh noise): a rescan at
 the target site is the honest "same-site" training pair for the learned model
 (pairing a scan with itself would teach it to reproduce the noise). Repeat
-``CLEAN_REPEAT`` (-1) is a noise-free twin of repeat 0: the simulator with its thermal
-noise off and more isochromats (less Monte-Carlo noise), reconstructed with repeat 0's
-noise prewhitening, so it is in the same units — the "exact pair" a learned model can
-be trained against. Evaluation never scores clean scans.
+``CLEAN_REPEAT`` (-1) is a noise-free twin of repeat 0: the same simulation (seed and
+spin sampling) with its thermal noise off, reconstructed with repeat 0's noise
+prewhitening, so it is that scan without its noise, in the same units — the "exact
+pair" a learned model can be trained against. Evaluation never scores clean scans.
 """
 
 from __future__ import annotations

@@ -134,9 +134,10 @@ def test_study_runs_the_real_pipeline(tmp_path):
 
     out = tmp_path / "sim"
     assert main(["harmonize", "study", "--subjects", "2", "--sites", "siteA,siteB", "--matrix", "32",
-                 "--isochromats", "1", "-o", str(out)]) == 0  # fmt: skip
+                 "--isochromats", "1", "--spins", "4", "-o", str(out)]) == 0  # fmt: skip
     study = load_study(out)
     assert study.source == "simulator" and study.sites == ["siteA", "siteB"] and study.subjects == [1, 2]
+    assert study.provenance["isochromats_per_voxel"] == 1 and study.provenance["spins_per_isochromat"] == 4
     scan = study.get(1, "siteB")
     assert scan.image.shape == scan.labels.shape == scan.mask.shape == (1, 32, 32)
     # the brain is brighter than the background and the phantom's labels sit on it
@@ -151,9 +152,11 @@ def test_study_noise_free_twins_share_units_and_scans_never_share_noise(tmp_path
 
     out = tmp_path / "sim"
     assert main(["harmonize", "study", "--subjects", "2", "--sites", "siteA,siteB", "--matrix", "32",
-                 "--isochromats", "1", "--clean-site", "siteA", "--clean-subjects", "1",
+                 "--isochromats", "1", "--spins", "4", "--clean-site", "siteA", "--clean-subjects", "1",
                  "--clean-isochromats", "2", "-o", str(out)]) == 0  # fmt: skip
     study = load_study(out)
+    clean_prov = study.provenance["clean"]
+    assert clean_prov["isochromats_per_voxel"] == 2 and clean_prov["spins_per_isochromat"] == 4
     clean = study.get(1, "siteA", CLEAN_REPEAT)
     noisy = study.get(1, "siteA", 0)
     assert clean.clean and not noisy.clean
@@ -165,6 +168,27 @@ def test_study_noise_free_twins_share_units_and_scans_never_share_noise(tmp_path
     assert clean.image[m].mean() == pytest.approx(noisy.image[m].mean(), rel=0.1)
     assert np.abs(clean.image - noisy.image)[m].mean() > 0
     assert len({scan_seed(1, "siteA", 0), scan_seed(1, "siteB", 0), scan_seed(1, "siteA", 1)}) == 3
+
+
+def test_study_default_twin_is_the_scan_without_thermal_noise(tmp_path):
+    """Without --clean-isochromats/--clean-spins the twin repeats the scan's own sampling and seed:
+    it differs from the scan by the thermal noise only (far less than the scan's own contrast)."""
+    from harmonize.study import CLEAN_REPEAT, load_study
+    from unisono.cli import build_parser
+    from unisono.commands.harmonize import STUDY_ISOCHROMATS, STUDY_SPINS
+
+    args = build_parser().parse_args(["harmonize", "study", "-o", "x"])
+    assert (args.isochromats, args.spins) == (STUDY_ISOCHROMATS, STUDY_SPINS) == (4, 32)
+    assert args.clean_isochromats is None and args.clean_spins is None
+    out = tmp_path / "sim"
+    assert main(["harmonize", "study", "--subjects", "2", "--sites", "siteA,siteB", "--matrix", "32",
+                 "--isochromats", "1", "--spins", "2", "--clean-site", "siteA", "--clean-subjects", "1",
+                 "-o", str(out)]) == 0  # fmt: skip
+    study = load_study(out)
+    clean, noisy = study.get(1, "siteA", CLEAN_REPEAT), study.get(1, "siteA", 0)
+    m = noisy.mask
+    diff = np.abs(clean.image - noisy.image)[m]
+    assert 0 < diff.mean() < 0.02 * noisy.image[m].mean()
 
 
 def test_benchmark_reports_every_method():

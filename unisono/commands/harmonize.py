@@ -26,6 +26,13 @@ log = logging.getLogger("unisono.harmonize")
 #: parenchyma) with enough dummy TRs for the steady state (T1* < 2 TRs at 70°), so that
 #: the approach to steady state does not modulate k-space into phase-direction ghosts
 STUDY_SEQUENCE_DEFAULTS = {"flip_angle": 70.0, "TR": 100.0, "dummy_scans": 40}
+#: simulator sampling of the study: 4 isochromats x 32 spins per voxel. With the simulator's
+#: default 8 spins the spoiled steady state is unconverged: two noise-free scans that differ
+#: only in seed differ at WM SNR ~50 (SSIM 0.976), more than the sites' thermal noise; with 32
+#: spins at SNR ~190 (SSIM 0.998), and more spins or isochromats barely help (see
+#: docs/harmonization.md)
+STUDY_ISOCHROMATS = 4
+STUDY_SPINS = 32
 
 
 def _int_list(text: str) -> list[int]:
@@ -62,7 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="protocol override")
     s.add_argument("--rescan-site", help="also rescan --rescan-subjects here (same-site training pairs)")
     s.add_argument("--rescan-subjects", default="", help="subjects to rescan, e.g. 1-6")
-    s.add_argument("--isochromats", type=int, default=4, help="isochromats per voxel (default 4)")
+    s.add_argument(
+        "--isochromats",
+        type=int,
+        default=STUDY_ISOCHROMATS,
+        help=f"isochromats per voxel (default {STUDY_ISOCHROMATS})",
+    )
+    s.add_argument(
+        "--spins",
+        type=int,
+        default=STUDY_SPINS,
+        help=f"spins per isochromat, stratified through the slice (spoiling; default {STUDY_SPINS})",
+    )
     s.add_argument(
         "--clean-site", help="also scan a noise-free twin of repeat 0 here (training targets), see --clean-*"
     )
@@ -70,8 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--clean-isochromats",
         type=int,
-        default=32,
-        help="isochromats per voxel of the noise-free twins (less Monte-Carlo noise; default 32)",
+        default=None,
+        help="isochromats per voxel of the noise-free twins (default: --isochromats)",
+    )
+    s.add_argument(
+        "--clean-spins",
+        type=int,
+        default=None,
+        help="spins per isochromat of the noise-free twins (default: --spins)",
     )
     s.add_argument("--device", default="cpu", help="simulation/recon device: auto|cpu|cuda")
     s.add_argument(
@@ -165,14 +189,23 @@ def scan_seed(subject: int, site: str, repeat: int) -> int:
 
 
 def _simulated_scan(
-    built, site_name: str, subject: int, atrophy: float, args, chain, seed: int, clean_isochromats=None
+    built,
+    site_name: str,
+    subject: int,
+    atrophy: float,
+    args,
+    chain,
+    seed: int,
+    clean_isochromats=None,
+    clean_spins=None,
 ):
     """One scan through sequence -> simulator -> recon.
 
     Returns (image, labels, brain mask, orientation name, clean image or None); with
-    ``clean_isochromats`` the same scan is repeated with thermal noise off and that many
-    isochromats, and reconstructed with the noisy scan's noise readouts (identical
-    prewhitening, hence identical units).
+    ``clean_isochromats`` the same scan (same seed) is repeated with thermal noise off and
+    that many isochromats (``clean_spins`` spins each, default ``args.spins``), and
+    reconstructed with the noisy scan's noise readouts (identical prewhitening, hence
+    identical units).
     """
     import dataclasses
 
@@ -195,7 +228,7 @@ def _simulated_scan(
     )
     hdr = with_site(built.header, site)
 
-    def run(site_obj, isochromats: int, noise_readouts=None):
+    def run(site_obj, isochromats: int, spins: int, noise_readouts=None):
         acqs = list(
             simulate(
                 built.seq,
@@ -204,6 +237,7 @@ def _simulated_scan(
                 header=hdr,
                 device=args.device,
                 isochromats_per_voxel=isochromats,
+                spins_per_isochromat=spins,
                 seed=seed,
             )
         )
@@ -216,10 +250,11 @@ def _simulated_scan(
         image = np.concatenate([np.abs(np.asarray(im.data))[0] for im in imgs], axis=0).astype(np.float32)
         return image, [a for a, n in zip(acqs, is_noise, strict=True) if n]
 
-    image, noise_readouts = run(site, args.isochromats)
+    image, noise_readouts = run(site, args.isochromats, args.spins)
     clean = None
     if clean_isochromats:
-        clean, _ = run(dataclasses.replace(site, noise_sigma=0.0), clean_isochromats, noise_readouts)
+        quiet = dataclasses.replace(site, noise_sigma=0.0)
+        clean, _ = run(quiet, clean_isochromats, clean_spins or args.spins, noise_readouts)
     fr = {k: v.detach().cpu().numpy() for k, v in ph.tissue_maps.items()}
     brain = ph.brain_mask.detach().cpu().numpy()
     labels = (1 + np.argmax(np.stack([fr["csf"], fr["gm"], fr["wm"]]), axis=0)).astype(np.int8)
@@ -288,7 +323,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                     args,
                     chain,
                     seed=scan_seed(subj, site, rep),
-                    clean_isochromats=args.clean_isochromats if want_clean else None,
+                    clean_isochromats=(args.clean_isochromats or args.isochromats) if want_clean else None,
+                    clean_spins=args.clean_spins or args.spins,
                 )
                 orientations.add(orient)
                 # evaluation and fitting use the phantom's brain mask ("inside the brain"); the
@@ -305,6 +341,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                 "protocol": args.protocol,
                 "overrides": overrides,
                 "isochromats_per_voxel": args.isochromats,
+                "spins_per_isochromat": args.spins,
                 "chain": "cartesian (harmonize disabled)",
                 "label_orientation": sorted(orientations),
                 "atrophy": "explicit per subject, uniform 0..0.3 (see subject_atrophy)",
@@ -312,7 +349,9 @@ def cmd_study(args: argparse.Namespace) -> int:
                 "clean": {
                     "site": args.clean_site,
                     "subjects": cleans,
-                    "isochromats_per_voxel": args.clean_isochromats,
+                    "isochromats_per_voxel": args.clean_isochromats or args.isochromats,
+                    "spins_per_isochromat": args.clean_spins or args.spins,
+                    "seed": "repeat 0's",
                     "thermal_noise": "off",
                 },
             },
