@@ -128,6 +128,26 @@ def _stop_server(proc: subprocess.Popen) -> None:
         proc.stdout.close()
 
 
+def _settle(rc: RunningChain, quiet_s: float = 0.05, timeout_s: float = 30.0) -> None:
+    """Wait until every queue of the chain has stayed empty for ``quiet_s`` (at least 0.2 s).
+
+    A fixed pause is not enough on a shared machine: readouts still queued behind a busy
+    stage would be counted in the next slice's latency.
+    """
+    time.sleep(0.2)
+    deadline = time.perf_counter() + timeout_s
+    quiet_since: float | None = None
+    while time.perf_counter() < deadline:
+        now = time.perf_counter()
+        if rc.queued() == 0:
+            quiet_since = quiet_since if quiet_since is not None else now
+            if now - quiet_since >= quiet_s:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.005)
+
+
 def _latency(chain_name: str, header: Any, slices: list[list], device: str) -> list[float]:
     """Seconds from putting each slice's last readout to its last image leaving the chain."""
     rc = RunningChain(load_chain(chain_name), header, device)
@@ -145,7 +165,7 @@ def _latency(chain_name: str, header: Any, slices: list[list], device: str) -> l
     for lines in slices:
         for a in lines[:-1]:
             rc.put(a)
-        time.sleep(0.2)  # let the per-readout stages finish the first readouts
+        _settle(rc)  # the clock must see the last readout only, not a backlog of earlier ones
         while not out.empty():
             out.get()
         t0 = time.perf_counter()

@@ -480,7 +480,8 @@ class Converter:
 
     Args:
         process: False runs every conversion in the calling thread.
-        nice: CPU niceness increment of the child (lower priority than the streaming server).
+        nice: CPU niceness increment of the child (lower priority than the streaming server);
+            where Linux allows, the child also runs under ``SCHED_IDLE``.
     """
 
     def __init__(self, process: bool = True, nice: int = 10):
@@ -563,6 +564,10 @@ def _worker(nice: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(nice)
+    # Linux: run only when no other task wants the CPU, so conversion never slows a stream
+    # (nice alone still takes a share of a busy core); the recording itself is already on disk
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     logging.basicConfig(level=logging.WARNING, format="unisono raw converter: %(message)s")
     for line in sys.stdin:
         try:

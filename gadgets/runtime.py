@@ -431,6 +431,10 @@ class RunningChain:
         for batch in self.batches():
             yield from batch
 
+    def queued(self) -> int:
+        """Items waiting in the queues between the stages and at the output (a snapshot)."""
+        return sum(p.waiting() for p in self._pipes)
+
     def output_waiting(self) -> bool:
         """True when items have left the last stage and not been read yet."""
         return self._pipes[-1].waiting() > 0
