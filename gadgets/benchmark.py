@@ -41,6 +41,7 @@ import numpy as np
 from gadgets.chain import load_chain
 from gadgets.client import send_stream
 from gadgets.mrdfile import read_raw
+from gadgets.processes import reap
 from gadgets.runtime import RunningChain
 
 __all__ = ["run_benchmark"]
@@ -118,14 +119,8 @@ def _own_cpu_seconds() -> float:
 
 
 def _stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
+    proc.send_signal(signal.SIGINT)  # graceful: the server finishes its connections
+    reap(proc)
 
 
 def _settle(rc: RunningChain, quiet_s: float = 0.05, timeout_s: float = 30.0) -> None:

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 #: MRD acquisition_time_stamp tick (s), as Siemens and the simulator count it
 TIME_TICK_S = 2.5e-3
 _METHODS = ("navigator", "image")
+#: which of (tx, ty, tz, rx, ry, rz) each navigator determines
+_PAIR_OBSERVED = (True, True, False, False, False, False)
+_ORBITAL_OBSERVED = (True, True, False, False, False, True)
 
 
 @dataclass
@@ -166,6 +169,16 @@ def motion_estimation(
         last_sent_s = time_s
         last_pose = (np.asarray(t_mm, dtype=np.float64), np.asarray(r_deg, dtype=np.float64))
 
+    def estimate_and_send(acq: ismrmrd.Acquisition, t_in: float, compute, observed, how: str) -> None:
+        """Run one navigator estimate; a navigator it cannot use is skipped, the stream goes on."""
+        try:
+            est = compute()
+        except ValueError as exc:  # e.g. a navigator without signal
+            log.warning("%s at scan counter %d skipped: %s", how, int(acq.scan_counter), exc)
+            return
+        if est is not None:
+            send_estimate(acq, est[0], est[1], observed, how, t_in, state.reference_time_s)
+
     for item in connection:
         t_in = time.perf_counter()
         if not isinstance(item, ismrmrd.Acquisition) or item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
@@ -174,30 +187,18 @@ def motion_estimation(
         if method == "navigator" and item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
             axis = int(item.idx.segment)
             if orbit_radius is not None:
-                try:
-                    est = _orbital(state, item, orbit_radius, reference_pair)
-                except ValueError as exc:  # e.g. a navigator without signal: skip it, keep going
-                    log.warning(
-                        "orbital navigator at scan counter %d skipped: %s", int(item.scan_counter), exc
-                    )
-                    est = None
-                if est is not None:
-                    send_estimate(item, est[0], est[1], (True, True, False, False, False, True),
-                                  "navigator-orbital", t_in, state.reference_time_s)  # fmt: skip
+                estimate_and_send(
+                    item, t_in, lambda item=item: _orbital(state, item, orbit_radius, reference_pair),
+                    _ORBITAL_OBSERVED, "navigator-orbital",
+                )  # fmt: skip
             elif axis in (0, 1):
                 state.latest[axis] = item
                 # a pair is complete when its y projection (played after x) arrives
                 if axis == 1 and 0 in state.latest:
-                    try:
-                        est = _navigator_pair(state, connection.header, reference_pair, band)
-                    except ValueError as exc:  # e.g. a navigator without signal: skip it, keep going
-                        log.warning(
-                            "navigator pair at scan counter %d skipped: %s", int(item.scan_counter), exc
-                        )
-                        est = None
-                    if est is not None:
-                        send_estimate(item, est[0], est[1], (True, True, False, False, False, False),
-                                      "navigator-projection", t_in, state.reference_time_s)  # fmt: skip
+                    estimate_and_send(
+                        item, t_in, lambda: _navigator_pair(state, connection.header, reference_pair, band),
+                        _PAIR_OBSERVED, "navigator-projection",
+                    )  # fmt: skip
             connection.send(item)
             continue
         if method == "image" and not item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):

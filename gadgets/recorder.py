@@ -550,13 +550,9 @@ class Converter:
         with contextlib.suppress(OSError):
             assert proc.stdin is not None
             proc.stdin.close()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        from gadgets.processes import reap  # here: the child runs this file without the package
+
+        reap(proc)
 
 
 def _worker(nice: int) -> None:
