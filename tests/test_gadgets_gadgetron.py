@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -49,24 +50,29 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _play_gadgetron(sock: socket.socket, header: object, acqs: list, config: str = CONFIG_XML) -> list:
     """What Gadgetron's ExternalChannel does: config, header, data, close; then read until close."""
     received: list = []
-    with sock.makefile("rb") as rfile, sock.makefile("wb") as wfile:
+    rfile, wfile = sock.makefile("rb"), sock.makefile("wb")
 
-        def read() -> None:
-            received.extend(ProtocolDeserializer(rfile).deserialize())
+    def read() -> None:
+        received.extend(ProtocolDeserializer(rfile).deserialize())
 
-        reader = threading.Thread(target=read)
-        reader.start()
-        ser = ProtocolSerializer(wfile)
-        try:
-            ser.serialize(ConfigText(config))
-            ser.serialize(header)
-            for a in acqs:
-                ser.serialize(a)
-            ser.close()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the external side may give up (and close) before all data are written
-        reader.join(60)
-        assert not reader.is_alive()
+    reader = threading.Thread(target=read)
+    reader.start()
+    ser = ProtocolSerializer(wfile)
+    try:
+        ser.serialize(ConfigText(config))
+        ser.serialize(header)
+        for a in acqs:
+            ser.serialize(a)
+        ser.close()
+        wfile.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the external side may give up (and close) before all data are written
+    reader.join(60)
+    assert not reader.is_alive()
+    for f in (wfile, rfile):
+        # closing flushes what is still buffered, which fails the same way when the peer hung up
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            f.close()
     return received
 
 
