@@ -28,7 +28,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,7 +40,7 @@ import numpy as np
 from gadgets.chain import load_chain
 from gadgets.client import send_stream
 from gadgets.mrdfile import read_raw
-from gadgets.processes import reap
+from gadgets.processes import reap, start_serve
 from gadgets.runtime import RunningChain
 
 __all__ = ["run_benchmark"]
@@ -71,18 +70,6 @@ def _make_data(tmp: Path, matrix: int, coils: int, repetitions: int) -> tuple[An
             a.idx.repetition = r
         acqs += rep
     return header, acqs, "synthetic random k-space (ismrmrd-tools not installed)"
-
-
-def _start_server(raw_dir: Path | None, device: str) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "unisono", "serve", "--port", "0", "--device", device]
-    cmd += ["--raw-dir", str(raw_dir)] if raw_dir is not None else ["--no-raw"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise RuntimeError(f"unisono serve did not start: {line!r}")
-    return proc, int(line.split(":")[-1].split()[0])
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -224,7 +211,7 @@ def run_benchmark(
             "cpu_count": os.cpu_count(),
         }
         per_rep = len(acqs) // max(1, repetitions)
-        proc, port = _start_server(tmp / "raw" if raw else None, dev)
+        proc, port = start_serve("--device", dev, raw_dir=tmp / "raw" if raw else None)
         try:
             send_stream(header, acqs[: per_rep * 2], port=port, chain=chain)  # warm-up (imports, caches)
             stream: dict[str, Any] = {}

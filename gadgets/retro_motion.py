@@ -57,12 +57,12 @@ def retrospective_motion(connection: Any, *, min_rotation_deg: float = 0.05, ite
         raise ValueError(
             f"RetrospectiveMotion parameter 'iterations' must be an integer >= 1, got {iterations!r}"
         )
-    poses: list[tuple[float, float, float, float, float, float]] = []  # time s, tx, ty, tz mm, rz deg, seq
+    poses: list[tuple[float, float, float, float, float]] = []  # time s, tx, ty, tz mm, rz deg
     groups: dict[tuple[int, ...], list[ismrmrd.Acquisition]] = {}
     for item in connection:
         if is_feedback(item):
             fb = decode(item)
-            poses.append((fb.time_s, *fb.translation_mm, fb.rotation_deg[2], fb.seq))
+            poses.append((fb.time_s, *fb.translation_mm, fb.rotation_deg[2]))
             connection.send(item)
             continue
         imaging = isinstance(item, ismrmrd.Acquisition) and not any(

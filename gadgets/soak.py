@@ -25,7 +25,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,10 +36,10 @@ import numpy as np
 
 from gadgets.faults import FAULTS, ClientPlan, PlanResult, fault_plan, run_plan, valid_plan
 from gadgets.mrdfile import read_raw
+from gadgets.processes import start_serve
 
 __all__ = ["run_benchmark", "SoakOutcome"]
 
-_LISTEN = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 
 class SoakOutcome:
@@ -86,47 +85,6 @@ def _schedule(connections: int, fault_share: float, seed: int) -> list[str]:
     return out
 
 
-def _start_server(raw_dir: Path, device: str, timeout_s: float, max_connections: int) -> tuple[Any, int]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "unisono",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--raw-dir",
-        str(raw_dir),
-        "--device",
-        "cpu" if device == "auto" else device,
-        "--idle-timeout",
-        str(timeout_s),
-        "--message-timeout",
-        str(timeout_s),
-        "--max-connections",
-        str(max_connections),
-        "--shutdown-grace",
-        "30",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    deadline = time.monotonic() + 120
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        m = _LISTEN.search(line)
-        if m:
-            return proc, int(m.group(1))
-    proc.kill()
-    err = proc.stderr.read() if proc.stderr else ""
-    raise RuntimeError(f"unisono serve did not start: {err[-2000:]}")
-
-
 def _drain(stream: Any, sink: list[str]) -> None:
     for line in stream:
         sink.append(line)
@@ -168,7 +126,12 @@ def run_benchmark(
     schedule = _schedule(int(connections), float(fault_share), int(seed))
     max_connections = max(16, 2 * int(concurrency))
     t_start = time.perf_counter()
-    proc, port = _start_server(raw_dir, device, float(timeout_s), max_connections)
+    proc, port = start_serve(
+        "--host", "127.0.0.1", "--device", "cpu" if device == "auto" else device,
+        "--idle-timeout", str(float(timeout_s)), "--message-timeout", str(float(timeout_s)),
+        "--max-connections", str(max_connections), "--shutdown-grace", "30",
+        raw_dir=raw_dir, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
     stderr_lines: list[str] = []
     drains = [
         threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True),

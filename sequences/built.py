@@ -67,3 +67,23 @@ class BuiltSequence:
         from sequences.analysis import kspace_per_adc
 
         return [k for k, is_noise in zip(*kspace_per_adc(self.seq), strict=True) if not is_noise]
+
+
+def achieved_params(
+    p: dict[str, Any], *, te: float, tr: float, min_tr: float, dwell: float, z_pos: Any, **extra: Any
+) -> dict[str, Any]:
+    """The protocol's resolved parameters ``p`` plus what the built sequence achieved (SI units).
+
+    ``actual_TE``/``actual_TR`` on the block raster, ``min_TR``, the readout dwell, the slice
+    positions (m) and any builder-specific ``extra`` values.
+    """
+    params = dict(p)
+    params.update(
+        actual_TE=te,
+        actual_TR=tr,
+        min_TR=min_tr,
+        readout_dwell=dwell,
+        slice_positions=[float(z) for z in z_pos],
+        **extra,
+    )
+    return params

@@ -48,7 +48,7 @@ from sequences.blocks import (
     slice_excitation,
     trap_with_duration,
 )
-from sequences.built import BuiltSequence
+from sequences.built import BuiltSequence, achieved_params
 from sequences.gre import slice_positions
 from sequences.header import planar_encoding, protocol_header
 from sequences.protocol import ProtocolError
@@ -428,17 +428,11 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         },
         user_string={"unisono.navigator": "epi-phase-correction"},
     )  # fmt: skip
-    params = dict(p)
-    params.update(
-        actual_TE=te_actual,
-        actual_TR=tr_actual,
-        echo_spacing=esp,
-        min_TR=tr_used,
-        readout_dwell=dwell,
+    params = achieved_params(
+        p, te=te_actual, tr=tr_actual, min_tr=tr_used, dwell=dwell, z_pos=z_pos, echo_spacing=esp,
         actual_readout_bandwidth=1.0 / (n_samples * dwell),
-        slice_positions=[float(z) for z in z_pos],
         diffusion_encodings=[(b, list(d)) for b, d in encodings],
-    )
+    )  # fmt: skip
     if dwi:
         params.update(
             diffusion_lobe_flat=flat,

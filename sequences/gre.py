@@ -48,7 +48,7 @@ from sequences.blocks import (
     slice_passes,
     trap_with_duration,
 )
-from sequences.built import BuiltSequence
+from sequences.built import BuiltSequence, achieved_params
 from sequences.header import EncodingInfo, protocol_header
 from sequences.navigator import ORBIT_RADIUS, OrbitalNavigator, make_navigator, make_orbital_navigator
 from sequences.systems import SystemProfile
@@ -268,16 +268,10 @@ def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actu
         slice_positions=z_pos, readout_dwell=dwell, sequence_type="Flash",
         user_double=user_double, user_long=user_long, user_string=user_string,
     )  # fmt: skip
-    params = dict(p)
-    params.update(
-        actual_TE=te_actual,
-        actual_TR=tr_actual,
-        min_TE=te_min,
-        min_TR=tr_used - (te_actual - te_min),
-        readout_dwell=dwell,
-        actual_readout_bandwidth=1.0 / (n_samples * dwell),
-        slice_positions=[float(z) for z in z_pos],
-    )
+    params = achieved_params(
+        p, te=te_actual, tr=tr_actual, min_tr=tr_used - (te_actual - te_min), dwell=dwell, z_pos=z_pos,
+        min_TE=te_min, actual_readout_bandwidth=1.0 / (n_samples * dwell),
+    )  # fmt: skip
     traj_fn = None
     if kind == "radial2d":
         dk = 1.0 / (fov * os)

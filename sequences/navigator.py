@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pypulseq as pp
@@ -122,25 +123,20 @@ ORBIT_DWELL = 10e-6
 
 @dataclass(frozen=True)
 class OrbitalNavigator:
-    """A built orbital navigator: excitation, circular readout and rewinder. Durations in s.
+    """A built orbital navigator: excitation, prephaser, circular readout and rewinder.
 
-    ``knots``/``g``: the in-plane gradient (x + i y, Hz/m) at the knots of a piecewise-linear
-    waveform from the start of the readout block; ``pre_area``/``rewind_area``: in-plane
-    areas (1/m, x + i y) before and after it; ``radius``: the orbit's k radius (1/m).
+    The gradient and ADC events are built once (:func:`make_orbital_navigator`) and played
+    by every :meth:`add_to`; ``radius`` is the orbit's k radius (1/m), durations in s.
     """
 
     exc: SliceExcitation
-    knots: np.ndarray
-    g: np.ndarray
-    adc_delay: float
-    pre_area: complex
-    rewind_area: complex
+    prephaser: tuple[SimpleNamespace, ...]
+    orbit: tuple[SimpleNamespace, ...]  # gx, gy and the ADC
+    rewinder: tuple[SimpleNamespace, ...]
     radius: float
     pre_duration: float
     readout_duration: float
     spoil_duration: float
-    spoil_z: float
-    system: SystemProfile
 
     @property
     def duration(self) -> float:
@@ -149,23 +145,20 @@ class OrbitalNavigator:
 
     def add_to(self, seq: pp.Sequence, freq_offset: float, counters: dict[str, int]) -> None:
         """Append the navigator blocks for the slice at ``freq_offset`` [Hz] with SLC/AVG/REP ``counters``."""
-        opts = self.system.to_opts()
         seq.add_block(place_rf(self.exc, freq_offset, 0.0), self.exc.grad, pp.make_delay(self.exc.duration))
-        pre = [trap_with_duration("z", self.exc.rephase_area, self.pre_duration, self.system)]
-        for axis, area in (("x", self.pre_area.real), ("y", self.pre_area.imag)):
-            if abs(area) > 1e-9:
-                pre.append(trap_with_duration(axis, area, self.pre_duration, self.system))
-        seq.add_block(*pre, pp.make_delay(self.pre_duration))
-        gx = pp.make_extended_trapezoid("x", amplitudes=self.g.real, times=self.knots, system=opts)
-        gy = pp.make_extended_trapezoid("y", amplitudes=self.g.imag, times=self.knots, system=opts)
-        adc = pp.make_adc(num_samples=ORBIT_SAMPLES, dwell=ORBIT_DWELL, delay=self.adc_delay, system=opts)
+        seq.add_block(*self.prephaser, pp.make_delay(self.pre_duration))
         lab = labels(nav=True, seg=0, **counters)
-        seq.add_block(gx, gy, adc, pp.make_delay(self.readout_duration), *lab)
-        post = [trap_with_duration("z", self.spoil_z, self.spoil_duration, self.system)]
-        for axis, area in (("x", self.rewind_area.real), ("y", self.rewind_area.imag)):
-            if abs(area) > 1e-9:
-                post.append(trap_with_duration(axis, area, self.spoil_duration, self.system))
-        seq.add_block(*post, pp.make_delay(self.spoil_duration))
+        seq.add_block(*self.orbit, pp.make_delay(self.readout_duration), *lab)
+        seq.add_block(*self.rewinder, pp.make_delay(self.spoil_duration))
+
+
+def _in_plane_traps(z_area: float, area: complex, duration: float, system: SystemProfile) -> tuple:
+    """A z trapezoid and the x, y trapezoids of ``area`` (x + i y, 1/m) that are not empty."""
+    traps = [trap_with_duration("z", z_area, duration, system)]
+    for axis, a in (("x", area.real), ("y", area.imag)):
+        if abs(a) > 1e-9:
+            traps.append(trap_with_duration(axis, a, duration, system))
+    return tuple(traps)
 
 
 def make_orbital_navigator(
@@ -224,17 +217,19 @@ def make_orbital_navigator(
         system.block_duration_raster,
     )
     readout = ceil_to(total + system.adc_dead_time, system.block_duration_raster)
+    opts = system.to_opts()
+    orbit = (
+        pp.make_extended_trapezoid("x", amplitudes=g.real, times=knots, system=opts),
+        pp.make_extended_trapezoid("y", amplitudes=g.imag, times=knots, system=opts),
+        pp.make_adc(num_samples=ORBIT_SAMPLES, dwell=ORBIT_DWELL, delay=ramp, system=opts),
+    )
     return OrbitalNavigator(
         exc,
-        knots,
-        g,
-        ramp,
-        complex(pre_area),
-        complex(rewind_area),
+        _in_plane_traps(exc.rephase_area, complex(pre_area), pre, system),
+        orbit,
+        _in_plane_traps(spoil_z, complex(rewind_area), spoil, system),
         radius,
         pre,
         readout,
         spoil,
-        spoil_z,
-        system,
     )

@@ -52,7 +52,7 @@ from sequences.blocks import (
     slice_excitation,
     trap_with_duration,
 )
-from sequences.built import BuiltSequence
+from sequences.built import BuiltSequence, achieved_params
 from sequences.gre import slice_positions
 from sequences.header import planar_encoding, protocol_header
 from sequences.protocol import ProtocolError
@@ -274,18 +274,10 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         },
         user_long={"readout_oversampling": os, "dummy_scans": p["dummy_scans"], "echo_at_centre": e_te},
     )  # fmt: skip
-    params = dict(p)
-    params.update(
-        actual_TE=te_actual,
-        actual_TR=tr_actual,
-        actual_echo_spacing=esp,
-        actual_TI=ti_actual,
-        min_TR=tr_used,
-        readout_dwell=dwell,
-        actual_readout_bandwidth=1.0 / (n_samples * dwell),
-        slice_positions=[float(z) for z in z_pos],
-        echo_order=order.tolist(),
-    )
+    params = achieved_params(
+        p, te=te_actual, tr=tr_actual, min_tr=tr_used, dwell=dwell, z_pos=z_pos, actual_echo_spacing=esp,
+        actual_TI=ti_actual, actual_readout_bandwidth=1.0 / (n_samples * dwell), echo_order=order.tolist(),
+    )  # fmt: skip
     return BuiltSequence(seq=seq, header=header, params=params, system=system, protocol=protocol)
 
 

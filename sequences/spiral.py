@@ -43,7 +43,7 @@ from sequences.blocks import (
     slice_passes,
     trap_with_duration,
 )
-from sequences.built import BuiltSequence
+from sequences.built import BuiltSequence, achieved_params
 from sequences.gre import slice_positions
 from sequences.header import planar_encoding, protocol_header
 from sequences.protocol import ProtocolError
@@ -246,16 +246,8 @@ def build_spiral2d(p: dict[str, Any], system: SystemProfile, protocol: str = "sp
         user_double={"spiral_readout_ms": n_samples * dwell * 1e3},
         user_long={"dummy_scans": p["dummy_scans"]},
     )  # fmt: skip
-    params = dict(p)
-    params.update(
-        actual_TE=te_actual,
-        actual_TR=tr_actual,
-        min_TE=te_min,
-        min_TR=tr_used - (te_actual - te_min),
-        readout_dwell=dwell,
-        n_samples=n_samples,
-        spiral_duration=t_spiral,
-        spiral_k_design=k,
-        slice_positions=[float(z) for z in z_pos],
-    )
+    params = achieved_params(
+        p, te=te_actual, tr=tr_actual, min_tr=tr_used - (te_actual - te_min), dwell=dwell, z_pos=z_pos,
+        min_TE=te_min, n_samples=n_samples, spiral_duration=t_spiral, spiral_k_design=k,
+    )  # fmt: skip
     return BuiltSequence(seq=seq, header=header, params=params, system=system, protocol=protocol)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 
 from gadgets import load_chain, read_images
+from gadgets.processes import start_serve
 from unisono.cli import main
 
 pytestmark = pytest.mark.skipif(
@@ -74,31 +73,13 @@ def test_unisono_serve_and_send_match_reference(data: tuple[Path, np.ndarray], t
     chain_file.write_text(
         Path(load_chain("cartesian").source).read_text().replace("enabled = true", "enabled = false")
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "unisono",
-            "serve",
-            "--port",
-            "0",
-            "--raw-dir",
-            str(tmp_path / "raw"),
-            "--device",
-            "cpu",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        text=True,
-    )
+    server, port = start_serve("--device", "cpu", raw_dir=tmp_path / "raw")
     try:
-        line = server.stdout.readline()
-        assert "listening on" in line, line
-        port = line.split(":")[-1].split()[0]
         out = tmp_path / "img.h5"
-        assert main(["send", str(raw), "--port", port, "--chain-file", str(chain_file), "-o", str(out)]) == 0
+        assert (
+            main(["send", str(raw), "--port", str(port), "--chain-file", str(chain_file), "-o", str(out)])
+            == 0
+        )
         (img,) = read_images(out)
         assert _nrmse_scaled(img.data[0, 0], ref) < 1e-4
         assert img.meta["unisono.chain"] == "cartesian"

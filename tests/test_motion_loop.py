@@ -10,18 +10,13 @@ import numpy as np
 import pytest
 
 import gadgets
+import sequences
 from gadgets.feedback import applied_pose
 from unisono.cli import main
-from unisono.motion_bench import BenchSettings, _image, _imaging_start_s, _metrics, standard_trajectory
+from unisono.motion_bench import BenchSettings, _image, _metrics, imaging_start_s, standard_trajectory
 from unisono.scan import ScannerFeedback, ScanRequest, run_scan
 
 SETTINGS = BenchSettings(matrix=32, isochromats=9, navigator_every=4)
-
-
-def _imaging_start(built) -> float:
-    """Sequence time (s) at which imaging starts: after the noise prescan and the dummy TRs."""
-    noise_block = float(built.seq.get_block(1).block_duration)
-    return noise_block + built.params["dummy_scans"] * built.params["actual_TR"]
 
 
 def _scan(tmp, tag, motion, feedback):
@@ -46,7 +41,7 @@ def scans(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("motion-loop")
     still = _scan(tmp, "still", None, False)
     duration = still["report"]["sequence_duration_s"]
-    start = _imaging_start_s(next((tmp / "still" / "raw").glob("*.h5")))
+    start = imaging_start_s(sequences.build_protocol("gre2d", overrides=SETTINGS.overrides()))
     motion = standard_trajectory("step", duration, start)
     return {
         "motion": motion,
@@ -163,22 +158,27 @@ def test_image_method_recovers_an_in_plane_rigid_move_between_repetitions():
     assert fb.rotation_deg[2] == pytest.approx(4.0, abs=1.0)
 
 
+def _gre2d(settings: BenchSettings):
+    """(built gre2d, siteA, its header, the brain phantom) for ``settings``, matrix 64."""
+    import simulator
+
+    built = sequences.build_protocol("gre2d", overrides=settings.overrides())
+    site = simulator.load_site("siteA")
+    phantom = simulator.brain_phantom(
+        field_T=site.field_T, fov_m=0.22, matrix=settings.matrix, slice_thickness_m=0.005, n_slices=1
+    )
+    return built, site, simulator.with_site(built.header, site), phantom
+
+
 def test_orbital_navigator_in_the_stream_recovers_translation_and_in_plane_rotation():
-    import sequences
     import simulator
     from gadgets.feedback import decode, is_feedback
     from simulator.motion import MotionTrajectory
 
     # the benchmark's setting (matrix 64: a coarser phantom blurs the orbit's magnitude profile)
-    overrides = BenchSettings(navigator_every=4, navigator_type="orbital").overrides()
-    built = sequences.build_protocol("gre2d", overrides=overrides)
-    site = simulator.load_site("siteA")
-    header = simulator.with_site(built.header, site)
-    phantom = simulator.brain_phantom(
-        field_T=site.field_T, fov_m=0.22, matrix=64, slice_thickness_m=0.005, n_slices=1
-    )
+    built, site, header, phantom = _gre2d(BenchSettings(navigator_every=4, navigator_type="orbital"))
     d = float(built.seq.duration()[0])
-    start = _imaging_start(built)  # the head turns 40-45 % into the imaging part
+    start = imaging_start_s(built)  # the head turns 40-45 % into the imaging part
     t0, t1 = start + 0.4 * (d - start), start + 0.45 * (d - start)
     motion = MotionTrajectory([0, t0, t1], [[0, 0, 0], [0, 0, 0], [2, -3, 0]],
                               [[0, 0, 0], [0, 0, 0], [0, 0, 3]])  # fmt: skip
@@ -200,22 +200,14 @@ def test_orbital_navigator_in_the_stream_recovers_translation_and_in_plane_rotat
 def test_retrospective_chain_undoes_translation_and_rotation_offline(tmp_path):
     """`unisono recon RAW --chain cartesian-retro`: the recorded navigators' poses correct each
     readout (translation ramps, in-plane rotation by CG-NUFFT) and beat the plain replay."""
-    import sequences
     import simulator
     from harmonize import auto_mask
     from harmonize.metrics import ssim
     from simulator.motion import MotionTrajectory
 
-    built = sequences.build_protocol("gre2d", overrides=BenchSettings(navigator_every=2).overrides())
-    site = simulator.load_site("siteA")
-    header = simulator.with_site(built.header, site)
-    phantom = simulator.brain_phantom(
-        field_T=site.field_T, fov_m=0.22, matrix=64, slice_thickness_m=0.005, n_slices=1
-    )
+    built, site, header, phantom = _gre2d(BenchSettings(navigator_every=2))
     d = float(built.seq.duration()[0])
-    start = (
-        float(built.seq.get_block(1).block_duration) + built.params["dummy_scans"] * built.params["actual_TR"]
-    )
+    start = imaging_start_s(built)
     t0 = start + 0.35 * (d - start)
     motion = MotionTrajectory([0, t0, t0 + 0.5], [[0, 0, 0], [0, 0, 0], [1, -1, 0]],
                               [[0, 0, 0], [0, 0, 0], [0, 0, 3]])  # fmt: skip

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,41 +13,18 @@ from pathlib import Path
 import pytest
 from ismrmrd.serialization import ConfigFile
 
-from gadgets import MRDServer, read_raw
+from gadgets import MRDServer, processes, read_raw
 from gadgets.faults import ClientPlan, encode, run_plan, scan_data
 from gadgets.limits import ServerLimits
 
 
 def start_serve(raw_dir: Path, *extra: str) -> tuple[subprocess.Popen, int]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "unisono",
-        "serve",
-        "--port",
-        "0",
-        "--raw-dir",
-        str(raw_dir),
-        "--device",
-        "cpu",
-    ]
-    proc = subprocess.Popen(
-        [*cmd, *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if m:
-            return proc, int(m.group(1))
-        if not line:
-            break
-    proc.kill()
-    pytest.fail(f"unisono serve did not start: {proc.stderr.read()[-2000:]}")
+    try:
+        return processes.start_serve(
+            "--device", "cpu", *extra, raw_dir=raw_dir, stderr=subprocess.PIPE, timeout_s=60
+        )
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def held_scan(

@@ -63,6 +63,22 @@ def run(seq: pp.Sequence, phantom: Phantom, site: Site, n_iso: int) -> list[np.n
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _play(seq, engine: BlochEngine, site, on_readout=None) -> None:
+    """Run every block of ``seq`` through ``engine`` (no labels, gradient delays or rotation);
+    readouts go to ``on_readout``."""
+    for i in seq.block_events:
+        info = compile_block(seq.get_block(i), int(i), {}, 1e-6, (0.0, 0.0, 0.0), site.larmor_hz)
+        for ev in info.events:
+            if isinstance(ev, Free):
+                engine.free(ev.duration, ev.moment)
+            elif isinstance(ev, Pulse):
+                engine.rf(ev)
+            elif isinstance(ev, Readout) and on_readout is not None:
+                on_readout(ev)
+
+
 def test_fid_decays_with_t2star():
     t2, t2p = 0.08, 0.02
     seq = pp.Sequence(SYS)
@@ -205,13 +221,7 @@ def test_sinc_slice_profile_matches_small_tip_fourier_transform():
     site = ideal_site()
     spins = build_spins(ph, site, 1, spins_per_isochromat=1)
     engine = BlochEngine(spin_fields(spins, site))
-    for i in seq.block_events:
-        info = compile_block(seq.get_block(i), int(i), {}, 1e-6, (0.0, 0.0, 0.0), site.larmor_hz)
-        for ev in info.events:
-            if isinstance(ev, Free):
-                engine.free(ev.duration, ev.moment)
-            elif isinstance(ev, Pulse):
-                engine.rf(ev)
+    _play(seq, engine, site)
     engine.flush()
     z = spins.voxel_pos[:, 2].numpy()
     measured = engine.mxy.abs().double().numpy()
@@ -249,16 +259,12 @@ def test_fast_readout_equals_direct_sum():
     outputs = []
     for force_direct in (False, True):
         engine = BlochEngine(spin_fields(spins, site))
-        for i in seq.block_events:
-            info = compile_block(seq.get_block(i), int(i), {}, 1e-6, (0.0, 0.0, 0.0), site.larmor_hz)
-            for ev in info.events:
-                if isinstance(ev, Free):
-                    engine.free(ev.duration, ev.moment)
-                elif isinstance(ev, Pulse):
-                    engine.rf(ev)
-                elif isinstance(ev, Readout):
-                    assert ev.linear
-                    outputs.append(engine.readout(replace(ev, linear=not force_direct)))
+
+        def read(ev: Readout, engine=engine, force_direct=force_direct) -> None:
+            assert ev.linear
+            outputs.append(engine.readout(replace(ev, linear=not force_direct)))
+
+        _play(seq, engine, site, read)
     fast, direct = outputs
     assert fast.shape == (4, 37)
     torch.testing.assert_close(fast, direct, rtol=0, atol=2e-4 * float(direct.abs().max()))

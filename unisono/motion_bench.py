@@ -258,18 +258,11 @@ def _oracle_channel(motion, base: type, dead_band: tuple[float, float], last_seg
     return OracleFeedback()
 
 
-def _imaging_start_s(raw_file: Path) -> float:
-    """Sequence time (s) of the first readout after the noise prescan (navigator or imaging)."""
-    import ismrmrd
-
-    import gadgets
-    from gadgets.motion import TIME_TICK_S
-
-    _, acqs = gadgets.read_raw(raw_file)
-    for acq in acqs:
-        if not acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
-            return int(acq.acquisition_time_stamp) * TIME_TICK_S
-    raise RuntimeError(f"{raw_file} holds no readout besides the noise prescan")
+def imaging_start_s(built: Any) -> float:
+    """Sequence time (s) at which a built gre2d starts imaging: after the noise prescan (block 1)
+    and the dummy TRs, where its first navigator plays."""
+    noise_block = float(built.seq.get_block(1).block_duration)
+    return noise_block + built.params["dummy_scans"] * built.params["actual_TR"]
 
 
 def _image(out: Path) -> np.ndarray:
@@ -379,6 +372,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     """
     import torch
 
+    import sequences
     from gadgets.feedback import FeedbackError
     from harmonize import auto_mask
     from recon.device import resolve_device
@@ -440,7 +434,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     import json
 
     duration_s = float(json.loads((still_dir / "scan.json").read_text())["sequence_duration_s"])
-    start_s = _imaging_start_s(next((still_dir / "raw").glob("*.h5")))
+    start_s = imaging_start_s(sequences.build_protocol("gre2d", overrides=settings.overrides()))
     results: dict[str, Any] = {}
     traces: dict[str, dict[str, Any]] = {}
     round_trips: list[np.ndarray] = []
