@@ -80,17 +80,22 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 class DirectFile:
     """An append-only binary file written with ``O_DIRECT`` (page-cache free) where possible.
 
-    ``write`` copies into a page-aligned staging buffer and writes every whole 4 kB block
-    at once, so at most one partial block (< 4 kB) is held back; ``flush`` writes that
-    block zero-padded and cuts the file to its exact size, so the file always ends with
-    the last byte written after a flush (the padding is overwritten by the next write).
+    ``write`` copies into a page-aligned staging buffer, which goes to disk in one write
+    whenever it is full: a direct write waits for the device, ~0.1-0.2 ms whatever its
+    size up to a megabyte, so one write per received buffer (~100 kB) kept the server's
+    reader blocked for 0.7 s per 335 MB, against ~0.1 s in 1 MB writes. :meth:`drain`
+    writes every whole 4 kB block held (the reader calls it whenever the client pauses),
+    so at most one partial block (< 4 kB) is held back; ``flush`` writes that block
+    zero-padded and cuts the file to its exact size, so the file always ends with the
+    last byte written after a flush (the padding is overwritten by the next write).
 
     Args:
         path: the file to create (truncated if it exists).
-        staging: bytes of the staging buffer (a multiple of 4096).
+        staging: bytes of the staging buffer (a multiple of 4096): the most that is held
+            in memory, not yet on disk, while data keep arriving.
     """
 
-    def __init__(self, path: str | Path, staging: int = 2 << 20):
+    def __init__(self, path: str | Path, staging: int = 1 << 20):
         self.path = Path(path)
         self._fd = -1
         try:
@@ -130,8 +135,13 @@ class DirectFile:
             self._fill = rest
             self._disk += whole
 
+    @property
+    def pending(self) -> int:
+        """Bytes written to this object but not yet to the file."""
+        return self._fill
+
     def write(self, data: Any) -> int:
-        """Append ``data`` (bytes-like); every whole block is on disk when this returns."""
+        """Append ``data`` (bytes-like); the staging buffer goes to disk each time it fills."""
         mv = memoryview(data).cast("B")
         n, i, room = len(mv), 0, len(self._view)
         while i < n:
@@ -141,9 +151,13 @@ class DirectFile:
             i += k
             if self._fill == room:
                 self._write_blocks()
-        self._write_blocks()
         self.size += n
         return n
+
+    def drain(self) -> None:
+        """Put every whole 4 kB block held on disk now (at most 4095 bytes stay behind)."""
+        if self._fd >= 0:
+            self._write_blocks()
 
     def flush(self) -> None:
         """Put the partial last block on disk too; the file then has exactly :attr:`size` bytes."""

@@ -402,6 +402,49 @@ def test_direct_file_holds_exactly_what_was_written_after_each_flush(
     assert path.read_bytes() == bytes(expected)
 
 
+def test_direct_file_writes_whole_staging_buffers_and_drains_on_request(tmp_path: Path) -> None:
+    import gadgets.recorder as recorder
+
+    path = tmp_path / "x.mrd"
+    data = np.random.default_rng(6).integers(0, 256, 3 * 8192 + 5000, dtype=np.uint8).tobytes()
+    with recorder.DirectFile(path, staging=8192) as f:
+        f.write(data[:6000])
+        assert path.stat().st_size == 0 and f.pending == 6000  # held: not a write per call
+        f.write(data[6000:12000])  # fills the staging buffer once: one whole-buffer write
+        assert path.read_bytes() == data[:8192] and f.pending == 12000 - 8192
+        f.write(data[12000:14000])
+        f.drain()  # whole 4 kB blocks go, the partial block stays
+        assert path.read_bytes() == data[:12288] and f.pending == 14000 - 12288
+        f.write(data[14000:])
+    assert path.read_bytes() == data
+
+
+def test_reader_drains_the_recording_when_the_client_pauses(tmp_path: Path) -> None:
+    from gadgets.recorder import DirectFile
+
+    a, b = socket.socketpair()
+    header, _ = scan_data(matrix=16, n_coils=16, measurement_id="pause")
+    header.encoding[0].encodedSpace.matrixSize.x = 512
+    big = _big_acquisitions(6)  # 390 kB: less than the staging buffer
+    first = encode(ConfigFile("c"), header, *big)
+    path = tmp_path / "rec.mrd"
+    with DirectFile(path) as rec:
+        reader = MessageReader(b, ServerLimits(strict_counters=False), record=rec)
+        items: list[object] = []
+        t = threading.Thread(target=lambda: items.extend(reader))
+        t.start()
+        a.sendall(first)
+        time.sleep(0.3)  # the client pauses: all but the last partial 4 kB block is on disk
+        on_disk = path.read_bytes()
+        assert len(on_disk) == len(first) - len(first) % 4096 and on_disk == first[: len(on_disk)]
+        a.sendall(encode(close=True))
+        t.join(5)
+    a.close()
+    b.close()
+    assert path.read_bytes() == first + encode(close=True)
+    assert sum(isinstance(i, ismrmrd.Acquisition) for i in items) == len(big)
+
+
 def test_conversion_in_small_blocks_carries_messages_across_them(tmp_path: Path) -> None:
     header, _ = scan_data(matrix=16, n_coils=16, measurement_id="blocks")
     header.encoding[0].encodedSpace.matrixSize.x = 512
