@@ -18,7 +18,7 @@ import ismrmrd
 import numpy as np
 import torch
 
-from gadgets.acqtools import header_copy
+from gadgets.acqtools import header_copy, header_fields
 from gadgets.buffers import KSpaceBuffer
 from gadgets.encoding import encoding_info
 
@@ -38,8 +38,21 @@ _SKIP_FLAGS = (
 
 def group_key(acq: ismrmrd.Acquisition) -> tuple[int, ...]:
     """(encoding, slice, contrast, phase, repetition, set) of a readout."""
-    i = acq.idx
-    return (int(acq.encoding_space_ref), i.slice, i.contrast, i.phase, i.repetition, i.set)
+    h = header_fields(acq)
+    i = h.idx
+    return (int(h.encoding_space_ref), i.slice, i.contrast, i.phase, i.repetition, i.set)
+
+
+def _bits(*flags: int) -> int:
+    """The bit mask of ISMRMRD acquisition flags (numbered from 1)."""
+    return sum(1 << (f - 1) for f in flags)
+
+
+_SKIP = _bits(*_SKIP_FLAGS)
+_CAL = _bits(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
+_CAL_OR_CAL_IMG = _bits(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
+_LAST_IN_SLICE = _bits(ismrmrd.ACQ_LAST_IN_SLICE)
+_END_OF_REPETITION = _bits(ismrmrd.ACQ_LAST_IN_REPETITION, ismrmrd.ACQ_LAST_IN_MEASUREMENT)
 
 
 @dataclass
@@ -154,12 +167,15 @@ def accumulate(connection: Any, *, readout_length: int = 0) -> None:
             connection.send(g.build(device, key[0]))
 
     for item in connection:
-        if not isinstance(item, ismrmrd.Acquisition) or any(item.is_flag_set(f) for f in _SKIP_FLAGS):
+        # header fields and flag bits read from the header structure: this runs once per readout
+        h = header_fields(item) if isinstance(item, ismrmrd.Acquisition) else None
+        flags = int(h.flags) if h is not None else 0
+        if h is None or flags & _SKIP:
             connection.send(item)
             continue
         key = group_key(item)
         info = infos.get(key[0]) or infos.setdefault(key[0], encoding_info(connection.header, key[0]))
-        if item.trajectory_dimensions > 0 and not info.cartesian_like:
+        if h.trajectory_dimensions > 0 and not info.cartesian_like:
             connection.send(item)  # radial/spiral readouts: AccumulateTrajectory's business
             continue
         g = groups.get(key)
@@ -171,12 +187,10 @@ def accumulate(connection: Any, *, readout_length: int = 0) -> None:
                 off_y=ny // 2 - info.center_step1,
                 off_z=nz // 2 - info.center_step2 if nz > 1 else 0,
             )
-        is_cal = item.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION) or item.is_flag_set(
-            ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING
-        )
-        is_img = not item.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
-        ky, kz = item.idx.kspace_encode_step_1, item.idx.kspace_encode_step_2
-        g.add(ky, kz, int(item.center_sample), np.asarray(item.data), is_img, is_cal, readout_length)
+        is_cal = bool(flags & _CAL_OR_CAL_IMG)
+        is_img = not flags & _CAL
+        ky, kz = h.idx.kspace_encode_step_1, h.idx.kspace_encode_step_2
+        g.add(ky, kz, int(h.center_sample), np.asarray(item.data), is_img, is_cal, readout_length)
         if is_img:
             dist = abs(ky - info.center_step1) + abs(kz - info.center_step2)
             if dist < g.reference_distance:
@@ -184,11 +198,9 @@ def accumulate(connection: Any, *, readout_length: int = 0) -> None:
                 g.reference_distance = dist
         elif g.reference is None:
             g.reference = header_copy(item)
-        if item.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
+        if flags & _LAST_IN_SLICE:
             emit(key)
-        elif item.is_flag_set(ismrmrd.ACQ_LAST_IN_REPETITION) or item.is_flag_set(
-            ismrmrd.ACQ_LAST_IN_MEASUREMENT
-        ):
+        elif flags & _END_OF_REPETITION:
             for k in [k for k in groups if k[0] == key[0] and k[4] == key[4]]:
                 emit(k)
     for key in list(groups):

@@ -10,7 +10,7 @@ import ismrmrd
 import numpy as np
 import torch
 
-from gadgets.acqtools import copy_with_data
+from gadgets.acqtools import copy_with_data, header_fields, is_flag_set
 from recon.noise import bandwidth_scale, noise_covariance, prewhitening_matrix
 
 __all__ = ["noise_adjust"]
@@ -27,7 +27,8 @@ def _whiten_and_send(connection: Any, W: np.ndarray, lines: list[ismrmrd.Acquisi
     i = 0
     while i < len(lines):
         j = i + 1
-        while j < len(lines) and lines[j].number_of_samples == lines[i].number_of_samples:
+        ns = header_fields(lines[i]).number_of_samples
+        while j < len(lines) and header_fields(lines[j]).number_of_samples == ns:
             j += 1
         white = W @ np.stack([np.asarray(a.data) for a in lines[i:j]])  # (n, coil, sample)
         for acq, data in zip(lines[i:j], white, strict=True):
@@ -97,20 +98,23 @@ def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise
         # whiten this readout and those already waiting behind it (same dwell) in one GEMM
         batch = [item, *(ready(BATCH - 1) if ready is not None else [])]
         lines: list[ismrmrd.Acquisition] = []
+        dwell = 0.0  # of the readouts in ``lines``
         for acq in batch:
-            if isinstance(acq, ismrmrd.Acquisition) and not acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
-                if acq.active_channels != W.shape[0]:
+            h = header_fields(acq) if isinstance(acq, ismrmrd.Acquisition) else None
+            if h is not None and not is_flag_set(h, ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+                if h.active_channels != W.shape[0]:
                     raise ValueError(
-                        f"readout has {acq.active_channels} active channels but the noise scans had "
+                        f"readout has {h.active_channels} active channels but the noise scans had "
                         f"{W.shape[0]}"
                     )
-                if lines and float(acq.sample_time_us) != float(lines[0].sample_time_us):
-                    _whiten_and_send(connection, whitener(float(lines[0].sample_time_us)), lines)
+                if lines and float(h.sample_time_us) != dwell:
+                    _whiten_and_send(connection, whitener(dwell), lines)
                     lines = []
+                dwell = float(h.sample_time_us)
                 lines.append(acq)
                 continue
             if lines:  # keep the stream's order
-                _whiten_and_send(connection, whitener(float(lines[0].sample_time_us)), lines)
+                _whiten_and_send(connection, whitener(dwell), lines)
             lines = []
             if isinstance(acq, ismrmrd.Acquisition):
                 log.warning("noise readout after imaging data ignored for prewhitening")
@@ -118,4 +122,4 @@ def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise
                     continue
             connection.send(acq)
         if lines:
-            _whiten_and_send(connection, whitener(float(lines[0].sample_time_us)), lines)
+            _whiten_and_send(connection, whitener(dwell), lines)

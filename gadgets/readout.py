@@ -8,7 +8,7 @@ import ismrmrd
 import numpy as np
 import torch
 
-from gadgets.acqtools import copy_with_data
+from gadgets.acqtools import copy_with_data, header_fields, is_flag_set
 from gadgets.encoding import encoding_info
 from recon.oversampling import remove_readout_oversampling
 
@@ -39,16 +39,19 @@ def remove_oversampling(connection: Any, *, factor: int = 0) -> None:
 
     def oversampling_of(item: Any) -> int:
         """The factor to remove from ``item``; 1 = pass it on unchanged."""
-        if not isinstance(item, ismrmrd.Acquisition) or item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+        if not isinstance(item, ismrmrd.Acquisition):
             return 1
-        ref = int(item.encoding_space_ref)
+        h = header_fields(item)
+        if is_flag_set(h, ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+            return 1
+        ref = int(h.encoding_space_ref)
         info = infos.get(ref) or infos.setdefault(ref, encoding_info(connection.header, ref))
-        if item.trajectory_dimensions > 0 and not info.cartesian_like:
+        if h.trajectory_dimensions > 0 and not info.cartesian_like:
             return 1  # radial/spiral: the NUFFT handles the readout FOV
         f = factor or info.readout_oversampling
-        if f > 1 and item.number_of_samples % f:
+        if f > 1 and h.number_of_samples % f:
             raise ValueError(
-                f"readout of {item.number_of_samples} samples is not divisible by the oversampling factor {f}"
+                f"readout of {h.number_of_samples} samples is not divisible by the oversampling factor {f}"
             )
         return f
 
@@ -57,9 +60,10 @@ def remove_oversampling(connection: Any, *, factor: int = 0) -> None:
         out = remove_readout_oversampling(data, f).numpy()
         for item, lines in zip(group, out, strict=True):
             acq = copy_with_data(item, lines)
-            acq.center_sample = item.center_sample // f
-            acq.discard_pre = item.discard_pre // f
-            acq.discard_post = item.discard_post // f
+            h = header_fields(acq)
+            h.center_sample //= f
+            h.discard_pre //= f
+            h.discard_post //= f
             connection.send(acq)
 
     for first in connection:
@@ -68,7 +72,8 @@ def remove_oversampling(connection: Any, *, factor: int = 0) -> None:
         group_key: tuple[int, int, int] | None = None
         for item in batch:
             f = oversampling_of(item)
-            key = (f, item.active_channels, item.number_of_samples) if f > 1 else None
+            h = header_fields(item)
+            key = (f, h.active_channels, h.number_of_samples) if f > 1 else None
             if group and key != group_key:
                 flush(group, group_key[0])
                 group = []

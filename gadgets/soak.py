@@ -41,7 +41,6 @@ from gadgets.processes import start_serve
 __all__ = ["run_benchmark", "SoakOutcome"]
 
 
-
 class SoakOutcome:
     """One connection of the soak: its plan, what came back and whether that was right."""
 
