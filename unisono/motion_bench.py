@@ -32,7 +32,7 @@ by ~9 % as the steady state builds up, which reads as a -0.45 deg turn.
 Why TR 100 ms and not the protocol's default 20 ms / 15 degrees: with a finite number of spins
 per voxel the residual transverse coherences of a short-TR spoiled steady state leave a
 spin-configuration "speckle" -- two noise-free scans that differ only in the seed of the
-isochromat layout reach SSIM 0.735 at TR 20 ms (0.919 with 4x the spins) but 0.958 at TR 100 ms
+isochromat layout reach SSIM 0.70 at TR 20 ms (0.90 with 4x the spins) but 0.976 at TR 100 ms
 (``benchmarks/motion_limits.py``).
 Every pose update re-phases RF and receiver and reshuffles that speckle, so at TR 20 ms the
 benchmark measured the simulation's convergence rather than the correction (even the true pose
