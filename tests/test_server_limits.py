@@ -257,3 +257,48 @@ def test_memory_freed_by_finished_threads_is_returned_to_the_os() -> None:
     before = rss_mb()
     assert release_free_memory()
     assert before - rss_mb() > 20  # most of the ~54 MB of holes went back to the kernel
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, threading
+import torch
+from gadgets.memory import keep_large_blocks
+if sys.argv[1] == "tuned":
+    assert keep_large_blocks()
+
+def connection():  # each connection's stages are new threads that allocate same-sized blocks
+    for _ in range(10):
+        a = torch.ones(16, 256, 256, dtype=torch.complex64)  # 8 MB, touched (as a k-space slice)
+        b = torch.fft.ifftshift(a, dim=(-2, -1))
+        del a, b
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+for _ in range(2):  # warm-up connections
+    t = threading.Thread(target=connection); t.start(); t.join()
+f0 = faults()
+for _ in range(3):
+    t = threading.Thread(target=connection); t.start(); t.join()
+print(faults() - f0)
+"""
+
+
+def test_large_blocks_are_reused_instead_of_faulted_in_again() -> None:
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+
+    def faults(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.split()[-1])
+
+    # 3 connections x 10 x two 8 MB blocks: ~120,000 pages if every block is fresh
+    default, tuned = faults("default"), faults("tuned")
+    assert tuned < 3000, tuned
+    assert default > 10 * tuned, (default, tuned)

@@ -94,8 +94,11 @@ _FLAGS = {
 
 
 def _run(args: argparse.Namespace) -> int:
+    from gadgets.memory import keep_large_blocks
     from gadgets.server import MRDServer
     from recon.device import resolve_device
+
+    keep_large_blocks()  # before any chain thread allocates (see gadgets.memory)
 
     device = str(resolve_device(args.device))
     server = MRDServer(
