@@ -39,6 +39,7 @@ import numpy as np
 
 from gadgets.chain import load_chain
 from gadgets.client import send_stream
+from gadgets.memory import keep_large_blocks
 from gadgets.mrdfile import read_raw
 from gadgets.processes import reap, start_serve
 from gadgets.runtime import RunningChain
@@ -132,6 +133,7 @@ def _settle(rc: RunningChain, quiet_s: float = 0.05, timeout_s: float = 30.0) ->
 
 def _latency(chain_name: str, header: Any, slices: list[list], device: str) -> list[float]:
     """Seconds from putting each slice's last readout to its last image leaving the chain."""
+    keep_large_blocks()  # the allocator settings of ``unisono serve`` (gadgets.memory)
     rc = RunningChain(load_chain(chain_name), header, device)
     out: queue.Queue[tuple[float, Any]] = queue.Queue()
 

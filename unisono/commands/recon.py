@@ -70,9 +70,11 @@ def _run(args: argparse.Namespace) -> int:
     import sys
 
     from gadgets.chain import chain_for_header, load_chain, parse_overrides
+    from gadgets.memory import keep_large_blocks
     from gadgets.mrdfile import read_raw
     from gadgets.runtime import ChainError, run_chain
 
+    keep_large_blocks()  # as the server: the chain's large temporaries are reused (gadgets.memory)
     t0 = time.perf_counter()
     header, acqs = read_raw(args.raw)
     t1 = time.perf_counter()
