@@ -6,8 +6,10 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import numpy as np
 
 from harmonize.cdf import fit_cdf_reference
 from harmonize.learned import TrainingConfig, intensity_unit, save_weights, train_unet
@@ -20,6 +22,20 @@ from harmonize.profile import (
     save_profile,
 )
 from harmonize.study import CLEAN_REPEAT, Study
+
+#: learned variants fit_profile accepts: name -> UNetConfig settings of the variant. All write
+#: method "unet"; the output kind is recorded in the profile's parameters["unet"] (and in the
+#: weights file), so the profile describes itself and older profiles load as "residual".
+#: unet-gain: smooth log-gain (quadratic polynomial) x input; unet-fields: smooth monotone map
+LEARNED_VARIANTS: dict[str, dict] = {
+    "unet": {},
+    "unet-gain": {"output": "gain", "field_degree": 2},
+    "unet-fields": {"output": "fields", "field_degree": 2},
+}
+#: per-image output scale of the smooth-field variants: the in-mask median is set to the mean
+#: median of the training targets (one global gain: the composition, hence the atrophy read-out,
+#: is untouched, unlike histogram matching)
+OUTPUT_SCALE_STATISTIC = "median"
 
 
 def _provenance(study: Study, scans: Sequence, extra: dict | None = None) -> dict:
@@ -52,11 +68,14 @@ def fit_profile(
     target_site: the reference site (nyul, cdf, unet; default: the study's first site).
     train_subjects: subjects used for fitting (default all); train_sites: sites whose scans
     the learned model sees as sources (default all). Per-image methods (zscore,
-    whitestripe) need no data and get default parameters.
+    whitestripe) need no data and get default parameters. method "unet-gain" / "unet-fields"
+    (LEARNED_VARIANTS) fits the smooth-field U-Net variants: profile method "unet", the
+    variant's UNetConfig settings applied unless ``training`` already names that output kind,
+    plus parameters["output_scale"] (median anchor).
     Returns the saved profile.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in METHODS and method not in LEARNED_VARIANTS:
+        raise ValueError(f"method must be one of {METHODS + tuple(LEARNED_VARIANTS)[1:]}, got {method!r}")
     out = Path(out_path)
     if out.suffix != ".json":
         out = out.with_name(out.name + ".json")
@@ -95,6 +114,10 @@ def fit_profile(
     # the noise-free twin when the study has one (the network then harmonizes and denoises),
     # else repeat 0; a scan is never paired with itself, which would teach it to keep its noise
     cfg = training or TrainingConfig()
+    variant = LEARNED_VARIANTS.get(method, {})
+    if variant and cfg.unet.output != variant["output"]:
+        cfg = replace(cfg, unet=replace(cfg.unet, **variant))
+    fields = cfg.unet.output != "residual"
     sites = list(study.sites if train_sites is None else train_sites)
     sources, targets = [], []
     n_clean = 0
@@ -117,10 +140,16 @@ def fit_profile(
     )
     weights = save_weights(model, out.with_suffix(".pt"))
     cfg_dict = asdict(cfg)
+    params = {"unet": cfg_dict.pop("unet"), "intensity_unit": "in-mask 99th percentile"}
+    if fields:
+        params["output_scale"] = {
+            "statistic": OUTPUT_SCALE_STATISTIC,
+            "value": output_scale_reference(list({t.key: t for t in targets}.values())),
+        }
     prof = HarmonizationProfile(
         name,
         "unet",
-        {"unet": cfg_dict.pop("unet"), "intensity_unit": "in-mask 99th percentile"},
+        params,
         target,
         _provenance(
             study,
@@ -137,12 +166,30 @@ def fit_profile(
         weights_file=weights.name,
         weights_sha256=file_sha256(weights),
         description=(
-            f"2-D U-Net trained on {len(sources)} traveling-subject pairs to look like {target}"
+            f"U-Net-predicted smooth {_FIELD_KIND[cfg.unet.output]} trained on {len(sources)} "
+            f"traveling-subject pairs to look like {target} (noise-free simulated targets: {n_clean}); "
+            f"output scaled to the targets' in-mask {OUTPUT_SCALE_STATISTIC}"
+            if fields
+            else f"2-D U-Net trained on {len(sources)} traveling-subject pairs to look like {target}"
             + (" without noise (noise-free simulated targets)" if n_clean else "")
         ),
     )
     save_profile(prof, out)
     return prof
+
+
+_FIELD_KIND = {
+    "gain": "multiplicative gain field (output = gain x input)",
+    "fields": "monotone intensity map (offset and slope fields)",
+}
+
+
+def output_scale_reference(targets: Sequence) -> float:
+    """Mean in-mask median of the target scans in p99 units (the smooth-field variants' output scale)."""
+    if not targets:
+        raise ValueError("output_scale_reference needs at least one target scan")
+    vals = [float(np.median(t.image[t.mask])) / intensity_unit(t.image, t.mask) for t in targets]
+    return float(np.mean(vals))
 
 
 def with_output_cdf(

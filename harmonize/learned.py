@@ -12,6 +12,12 @@ during training each source slice also gets a random monotone contrast exponent,
 a smooth multiplicative bias field and extra Rician noise — the ways sites
 differ — so the network learns to undo distortions of that family rather than
 the training sites' particular ones.
+
+The smooth-field variants (``UNetConfig(output="gain" | "fields")``, fit methods
+``unet-gain`` / ``unet-fields``) train the same way, but the network only predicts smooth
+fields that define a per-pixel monotone intensity map (see harmonize.unet), so anatomy
+and texture are the input's; their profiles then set the output's in-mask median to the
+training targets' (``parameters["output_scale"]``, one gain, see ``scale_output``).
 """
 
 from __future__ import annotations
@@ -226,13 +232,29 @@ def predict(model: UNet2D, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return res[0] if img.ndim == 2 else res
 
 
+def scale_output(out: np.ndarray, mask: np.ndarray, scale: dict[str, Any]) -> np.ndarray:
+    """Multiply ``out`` by one gain so that its in-mask ``scale["statistic"]`` equals ``scale["value"]``."""
+    if scale.get("statistic") != "median":
+        raise ValueError(f"output_scale statistic must be 'median', got {scale.get('statistic')!r}")
+    m = check_mask(mask, out.shape)
+    level = float(np.median(out[m])) if m.any() else 0.0
+    if level <= 0:
+        return out
+    return (out * (float(scale["value"]) / level)).astype(np.float32)
+
+
 def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """apply_profile's learned branch: the profile's U-Net on ``image`` (z, y, x) inside ``mask``.
 
     A profile with parameters["output_cdf"] (a CdfReference dict, target-site units) then
-    warps the network's output histogram onto that reference (the "unet+cdf" variant).
+    warps the network's output histogram onto that reference (the "unet+cdf" variant). One
+    with parameters["output_scale"] ({"statistic": "median", "value": v}) then multiplies the
+    output by one gain so that its in-mask median is v (the smooth-field variants).
     """
     out = predict(_model_for(profile), image, mask)
+    scale = profile.parameters.get("output_scale")
+    if scale:
+        out = scale_output(out, mask, scale)
     ref = profile.parameters.get("output_cdf")
     if ref:
         from harmonize.cdf import CdfReference, cdf_align

@@ -90,6 +90,21 @@ def test_evaluate_json_scores_every_method(study_dir, capsys):
         assert res["methods"][name]["ssim"] > res["methods"]["raw"]["ssim"]
 
 
+def test_fit_and_evaluate_the_smooth_field_variants(study_dir, tmp_path, capsys):
+    prof_path = tmp_path / "g.json"
+    assert main(["harmonize", "fit", "--method", "unet-gain", "--train", str(study_dir), "--target-site", "A",
+                 "--train-subjects", "0-2", "--iterations", "2", "-o", str(prof_path)]) == 0  # fmt: skip
+    prof = load_profile(prof_path)
+    assert prof.method == "unet" and prof.parameters["unet"]["output"] == "gain"
+    assert (tmp_path / "g.pt").is_file()
+    capsys.readouterr()
+    assert main(["harmonize", "evaluate", str(study_dir), "--methods", "raw,unet-fields", "--iterations", "2",
+                 "--json"]) == 0  # fmt: skip
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["methods"]) == {"raw", "unet-fields"}
+    assert 0 < res["methods"]["unet-fields"]["structure"] <= 1
+
+
 def test_cli_errors_are_one_sentence(study_dir, capsys):
     assert (
         main(["harmonize", "fit", "--method", "magic", "--train", str(study_dir), "-o", "/tmp/x.json"]) == 2
@@ -100,7 +115,7 @@ def test_cli_errors_are_one_sentence(study_dir, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("profile", ["default", "unet"])
+@pytest.mark.parametrize("profile", ["default", "unet", "unet-gain"])
 def test_gadget_output_on_a_stream_equals_apply(profile):
     """The harmonize gadget in the real chain gives what `apply_profile` gives on the unharmonized image."""
     import ismrmrd

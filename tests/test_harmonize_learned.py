@@ -74,12 +74,15 @@ def test_training_rejects_mismatched_pairs():
         train_unet([np.ones((1, 32, 32))], [], [np.ones((1, 32, 32), bool)], [])
 
 
-def test_shipped_learned_profile_is_small_and_runs():
-    prof = next(load_profile(n) for n in list_profiles() if load_profile(n).method == "unet")
-    assert prof.weights_path().stat().st_size < 2 * 1024 * 1024
+def test_shipped_learned_profiles_are_small_and_run():
+    learned = [load_profile(n) for n in list_profiles() if load_profile(n).method == "unet"]
+    assert {p.name for p in learned} >= {"unet", "unet-network", "unet-gain"}
     subj = synthetic_subject(3, (1, 64, 64))
-    out = apply_profile(prof, synthetic_scan(subj, "B"), subj.brain_mask)
-    assert np.isfinite(out).all() and np.all(out[~subj.brain_mask] == 0)
+    img = synthetic_scan(subj, "B")
+    for prof in learned:
+        assert prof.weights_path().stat().st_size < 2 * 1024 * 1024
+        out = apply_profile(prof, img, subj.brain_mask)
+        assert np.isfinite(out).all() and np.all(out[~subj.brain_mask] == 0), prof.name
 
 
 def test_noise_free_twins_are_the_training_targets_and_output_cdf_variant(tmp_path):
@@ -108,3 +111,161 @@ def test_noise_free_twins_are_the_training_targets_and_output_cdf_variant(tmp_pa
     )
     with pytest.raises(ValueError, match="beside the U-Net profile"):
         with_output_cdf(prof, study, tmp_path / "elsewhere" / "x.json")
+
+
+# --- smooth-field (structure-preserving) variants -----------------------------------------------
+
+
+def _field_model(output: str, std: float = 0.3, **kw) -> UNet2D:
+    """A small fields/gain model with a non-trivial random head (not the identity)."""
+    torch.manual_seed(1)
+    model = UNet2D(UNetConfig(base_channels=4, depth=2, output=output, **kw))
+    torch.nn.init.normal_(model.head.weight, std=std)
+    torch.nn.init.normal_(model.head.bias, std=std)
+    return model.eval()
+
+
+def _fields_of(model: UNet2D, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The smooth fields the model computes for input slices x (n, 1, h, w) with masks m."""
+    captured = {}
+    hook = model.head.register_forward_hook(lambda mod, inp, out: captured.setdefault("raw", out))
+    try:
+        model(torch.cat([x, m], 1))
+    finally:
+        hook.remove()
+    return model.fields(captured["raw"], m)
+
+
+@pytest.mark.parametrize(
+    "output,kw", [("fields", {}), ("fields", {"field_degree": 3}), ("gain", {"field_degree": 3})]
+)
+def test_smooth_field_models_start_as_identity_and_are_monotone_at_every_pixel(output, kw):
+    subj = synthetic_subject(2, (1, 48, 48))
+    img = synthetic_scan(subj, "B")
+    m = subj.brain_mask
+    untrained = UNet2D(UNetConfig(base_channels=4, depth=2, output=output, **kw))
+    expected = np.where(m, img / intensity_unit(img.astype(np.float64), m), 0)
+    np.testing.assert_allclose(predict(untrained, img, m), expected, rtol=1e-5, atol=1e-6)
+
+    model = _field_model(output, **kw)
+    x = torch.from_numpy(expected.astype(np.float32))[:, None]
+    mt = torch.from_numpy(m)[:, None].float()
+    with torch.no_grad():
+        f = _fields_of(model, x, mt)
+        # the model's output is the map with these fields applied to its input
+        np.testing.assert_allclose(
+            model(torch.cat([x, mt], 1)).numpy(), model.apply_fields(x, f).numpy(), rtol=1e-5
+        )
+        # every pixel's map is strictly increasing in the input intensity, also beyond the data range
+        levels = torch.tensor([1e-3, 0.05, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0, 1.5, 3.0])
+        ys = torch.stack([model.apply_fields(torch.full_like(x, v), f) for v in levels])
+        assert (ys[1:] > ys[:-1]).all()
+        # and not the identity: the random head makes a real spatially varying map
+        assert float((ys[-3] / ys[-3][mt.bool()].mean())[mt.bool()].std()) > 0.02
+
+
+@pytest.mark.parametrize("kind", ["grid", "poly"])
+def test_smooth_fields_are_smooth_and_ignore_the_background(kind):
+    from harmonize.unet import poly_field, smooth_field
+
+    def smooth(v, m):
+        return smooth_field(v, m, 4) if kind == "grid" else poly_field(v, m, 2)
+
+    torch.manual_seed(0)
+    raw = torch.randn(1, 2, 40, 40)
+    m = torch.zeros(1, 1, 40, 40)
+    m[..., 5:35, 8:33] = 1
+    f = smooth(raw, m)
+    assert f.shape == raw.shape and torch.isfinite(f).all()
+    # neighbouring pixels differ far less than in the white-noise input
+    assert float(f.diff(dim=-1).abs().max()) < 0.2 * float(raw.diff(dim=-1).abs().mean())
+    # what lies outside the mask does not change the fields inside it
+    other = torch.where(m.expand_as(raw) > 0, raw, torch.full_like(raw, 100.0))
+    inside = m.expand_as(raw) > 0
+    np.testing.assert_allclose(smooth(other, m)[inside].numpy(), f[inside].numpy(), atol=1e-4)
+
+
+def test_gain_model_keeps_structure_where_a_free_residual_does_not():
+    from harmonize.metrics import structure_similarity
+
+    subj = synthetic_subject(4, (1, 64, 64))
+    img = synthetic_scan(subj, "A")
+    m = subj.brain_mask
+    out = predict(_field_model("gain", std=0.1, field_degree=2), img, m)
+    assert structure_similarity(img, out, m) >= 0.99
+    # the map is not trivial: the gain varies by more than 15 % across the head (5th-95th percentile)
+    ratio = out[m] / img[m]
+    assert np.percentile(ratio, 95) / np.percentile(ratio, 5) > 1.15
+    # a free-form residual of even a fifth of that head's size changes the anatomy's texture
+    torch.manual_seed(1)
+    residual = UNet2D(UNetConfig(base_channels=4, depth=2))
+    torch.nn.init.normal_(residual.head.weight, std=0.02)
+    assert structure_similarity(img, predict(residual.eval(), img, m), m) < 0.99
+
+
+def test_fields_model_recovers_a_known_smooth_gain_and_gamma():
+    """Train on pairs target = source**gamma * exp(smooth field): the fields come out as that map."""
+    gamma = 1.3
+    subjects = [synthetic_subject(i, (1, 48, 48)) for i in range(4)]
+    yy, xx = np.mgrid[-1:1:48j, -1:1:48j]
+    log_gain = (0.35 * xx - 0.25 * yy + 0.2 * xx * yy)[None]
+    src = [s.signal.astype(np.float32) for s in subjects]
+    masks = [s.brain_mask for s in subjects]
+    tgt = [
+        (np.where(m, (x / intensity_unit(x, m)) ** gamma, 0) * np.exp(log_gain)).astype(np.float32)
+        for x, m in zip(src, masks, strict=True)
+    ]
+    cfg = TrainingConfig(
+        iterations=150,
+        batch_size=4,
+        lr=1e-2,
+        augment=False,
+        unet=UNetConfig(base_channels=4, depth=2, output="fields", field_degree=2, knots=(1.0,)),
+    )
+    model, _ = train_unet(src, tgt, masks, masks, cfg)
+    x = torch.from_numpy(np.concatenate([s / intensity_unit(s, m) for s, m in zip(src, masks, strict=True)]))
+    target = torch.from_numpy(
+        np.concatenate([t / intensity_unit(t, m) for t, m in zip(tgt, masks, strict=True)])
+    )
+    mt = torch.from_numpy(np.concatenate(masks))
+    with torch.no_grad():
+        f = _fields_of(model, x[:, None], mt[:, None].float())
+        pred = model(torch.stack([x, mt.float()], 1))[:, 0]
+    slope = f[:, 1][mt & (x < 1)]  # the segment below the knot at 1: nearly every tissue voxel
+    assert abs(float(slope.mean()) - gamma) < 0.06 and float(slope.std()) < 0.05
+    # the offset field is the log gain up to one constant per image (the target's p99 unit)
+    want = np.broadcast_to(log_gain, f[:, 0].shape)
+    for i in range(len(src)):
+        assert np.corrcoef(f[i, 0][mt[i]].numpy(), want[i][mt[i].numpy()])[0, 1] > 0.97
+    err = float((pred - target).abs()[mt].mean() / target[mt].mean())
+    identity = float((x - target).abs()[mt].mean() / target[mt].mean())
+    assert identity > 0.15 and err < 0.06
+
+
+def test_gain_profile_is_self_describing_and_round_trips(tmp_path):
+    study = synthetic_study(range(3), ("A", "B"), (1, 48, 48))
+    cfg = TrainingConfig(iterations=3, batch_size=2, unet=UNetConfig(base_channels=4, depth=2))
+    prof = fit_profile("unet-gain", study, tmp_path / "g.json", target_site="A", training=cfg)
+    assert prof.method == "unet"
+    assert prof.parameters["unet"]["output"] == "gain" and prof.parameters["unet"]["field_degree"] == 2
+    assert prof.parameters["output_scale"]["statistic"] == "median"
+    loaded = load_profile(tmp_path / "g.json")
+    assert loaded.sha256 == prof.sha256
+    img, m = study.get(1, "B").image, study.get(1, "B").mask
+    out = apply_profile(loaded, img, m)
+    np.testing.assert_array_equal(out, apply_profile(prof, img, m))
+    # the output scale: in-mask median at the training targets' mean median
+    assert np.median(out[m]) == pytest.approx(prof.parameters["output_scale"]["value"], rel=1e-5)
+    assert np.all(out[~m] == 0)
+
+
+def test_residual_profiles_without_output_field_still_load():
+    """Profiles written before the smooth-field variants (no "output" key) are the residual U-Net."""
+    cfg = UNetConfig(**{"in_channels": 2, "base_channels": 8, "depth": 3})
+    assert cfg.output == "residual" and cfg.n_fields == 1
+    prof = load_profile("unet-network")
+    assert "output" not in prof.parameters["unet"]
+    with pytest.raises(ValueError, match="output must be one of"):
+        UNetConfig(output="free")
+    with pytest.raises(ValueError, match="knots"):
+        UNetConfig(output="fields", knots=(0.5, 0.25))

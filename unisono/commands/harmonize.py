@@ -104,7 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=cmd_study)
 
     f = sub.add_parser("fit", help="fit a harmonization profile on a study")
-    f.add_argument("--method", required=True, help="zscore | whitestripe | nyul | cdf | unet")
+    f.add_argument(
+        "--method",
+        required=True,
+        help="zscore | whitestripe | nyul | cdf | unet | unet-gain | unet-fields "
+        "(unet-gain: smooth gain field, structure-preserving; unet-fields: smooth monotone map)",
+    )
     f.add_argument("--train", required=True, help="study folder")
     f.add_argument(
         "-o", "--out", required=True, help="profile file to write (.json; U-Net weights .pt beside)"
@@ -132,8 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--methods",
         default="raw,zscore,whitestripe,nyul,cdf",
-        help="comma-separated: raw, a method name (fitted here on the training subjects), unet+cdf "
-        "(the U-Net followed by CDF alignment), or NAME=PROFILE for a fitted profile file/shipped name",
+        help="comma-separated: raw, a method name (fitted here on the training subjects; unet-gain and "
+        "unet-fields too), unet+cdf (the U-Net followed by CDF alignment), or NAME=PROFILE for a fitted "
+        "profile file/shipped name",
     )
     e.add_argument("--test-subjects", help="held-out subjects (default: the second half)")
     e.add_argument("--heldout-sites", default=None, help="sites never used in fitting (default: the last)")
@@ -542,7 +548,7 @@ def _plots(result: dict, study, folder: Path) -> list[Path]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from harmonize.evaluate import evaluate_study, format_table
-    from harmonize.fit import fit_profile
+    from harmonize.fit import LEARNED_VARIANTS, fit_profile
     from harmonize.profile import METHODS, load_profile
     from harmonize.study import load_study
 
@@ -581,7 +587,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             profiles[item] = with_output_cdf(
                 profiles["unet"], study, fit_dir / "unet-cdf.json", train_subjects=train
             )
-        elif item in METHODS:
+        elif item in METHODS or item in LEARNED_VARIANTS:
             t0 = time.perf_counter()
             profiles[item] = fit_profile(
                 item,
@@ -594,7 +600,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
             log.info("fitted %s in %.1f s", item, time.perf_counter() - t0)
         else:
-            raise ValueError(f"--methods item {item!r} must be raw, one of {METHODS}, or NAME=PROFILE")
+            raise ValueError(
+                f"--methods item {item!r} must be raw, one of {METHODS + tuple(LEARNED_VARIANTS)[1:]}, "
+                "unet+cdf or NAME=PROFILE"
+            )
     result = evaluate_study(
         study, profiles, test_subjects=test, heldout_sites=heldout, keep_images=bool(args.plots)
     )
