@@ -140,6 +140,11 @@ def site_features(image: object, mask: object) -> np.ndarray:
     return np.append(q, np.median(np.abs(lap[interior if interior.any() else m])))
 
 
+#: relative resolution of float32 image intensities (a few units in the last place): feature
+#: differences below this fraction of the feature's size carry no information
+FLOAT32_RESOLUTION = 1e-6
+
+
 def site_classifier_accuracy(
     features: np.ndarray, sites: Sequence[str], subjects: Sequence[int], method: str = "dlda"
 ) -> float:
@@ -176,8 +181,11 @@ def site_classifier_accuracy(
         else:
             resid = X[train] - cents[np.searchsorted(labels, site_arr[train])]
             var = resid.var(0)
-            # a feature constant within every site: floor its variance so it cannot divide by 0
-            scale = np.maximum(var, 1e-12 * max(float(var.max()), 1e-300))
+            # a feature constant within every site: floor its variance so it cannot divide by 0;
+            # and the features come from float32 images, so differences below float32 resolution
+            # of the feature's size (a quantile a method pins to one value) are rounding, not site
+            resolution = FLOAT32_RESOLUTION * np.abs(X[train]).mean(0)
+            scale = np.maximum(np.maximum(var, resolution**2), 1e-12 * max(float(var.max()), 1e-300))
         d = (((X[test][:, None, :] - cents[None]) ** 2) / scale).sum(-1)
         correct += int((labels[np.argmin(d, axis=1)] == site_arr[test]).sum())
     return correct / X.shape[0]

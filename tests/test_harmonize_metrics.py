@@ -123,3 +123,16 @@ def test_dlda_site_classifier_is_not_fooled_by_constant_features():
     assert M.site_classifier_accuracy(X, sites, subjects, method="nc") < 0.7
     with pytest.raises(ValueError, match="method must be"):
         M.site_classifier_accuracy(X, sites, subjects, method="svm")
+
+
+def test_dlda_ignores_float32_rounding_of_a_pinned_feature():
+    """A quantile a method pins to one value differs between images by float32 rounding only:
+    that must not count as a site difference (it used to carry as much weight as a real one)."""
+    rng = np.random.default_rng(7)
+    subjects = np.repeat(np.arange(12), 3)
+    sites = np.tile(["A", "B", "C"], 12)
+    weak = np.array([{"A": 0.0, "B": 0.3, "C": 0.6}[s] for s in sites]) + rng.normal(0, 0.5, 36)
+    alone = M.site_classifier_accuracy(weak[:, None], sites, subjects)
+    pinned = (np.float32(1.0) + rng.normal(0, 1.2e-7, (36, 3))).astype(np.float64)  # rounding only
+    with_pinned = M.site_classifier_accuracy(np.column_stack([weak, pinned]), sites, subjects)
+    assert with_pinned == alone
