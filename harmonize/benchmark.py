@@ -26,7 +26,9 @@ from harmonize.profile import HarmonizationProfile, apply_profile, file_sha256, 
 from harmonize.synthetic import synthetic_scan, synthetic_subject
 from harmonize.unet import UNet2D, UNetConfig
 
-BUDGET_S = {"zscore": 0.1, "whitestripe": 0.1, "nyul": 0.1, "cdf": 0.1, "unet": 1.0}
+BUDGET_S = {"zscore": 0.1, "whitestripe": 0.1, "nyul": 0.1, "cdf": 0.1, "unet": 1.0, "unet-gain": 1.0}
+#: learned methods: the shipped profile timed, and the architecture timed untrained without it
+_LEARNED = {"unet": UNetConfig(), "unet-gain": UNetConfig(output="gain", field_degree=2)}
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -39,16 +41,15 @@ def _time(fn, repeats: int) -> list[float]:
     return out
 
 
-def _unet_profile(folder: Path) -> HarmonizationProfile:
-    """The shipped learned profile if there is one, else an untrained default-architecture U-Net
-    (latency depends on the architecture only)."""
-    for name in list_profiles():
-        prof = load_profile(name)
-        if prof.method == "unet":
-            return prof
-    weights = save_weights(UNet2D(UNetConfig()), folder / "bench-unet.pt")
+def _unet_profile(folder: Path, name: str) -> HarmonizationProfile:
+    """The shipped learned profile ``name`` if there is one, else an untrained network of its
+    architecture (latency depends on the architecture only)."""
+    if name in list_profiles():
+        return load_profile(name)
+    config = _LEARNED[name]
+    weights = save_weights(UNet2D(config), folder / f"bench-{name}.pt")
     return HarmonizationProfile(
-        "bench-unet",
+        f"bench-{name}",
         "unet",
         {},
         weights_file=weights.name,
@@ -98,8 +99,9 @@ def run_benchmark(
                 "nyul": HarmonizationProfile("bench-nyul", "nyul", fit_nyul(train).to_dict()),
                 "cdf": HarmonizationProfile("bench-cdf", "cdf", fit_cdf_reference(train).to_dict()),
             }
-            if "unet" in wanted:
-                profiles["unet"] = _unet_profile(Path(tmp))
+            for name in _LEARNED:
+                if name in wanted:
+                    profiles[name] = _unet_profile(Path(tmp), name)
             results = {}
             for name in wanted:
                 prof = profiles[name]

@@ -210,7 +210,8 @@ def test_benchmark_reports_every_method():
     from harmonize.benchmark import run_benchmark
 
     res = run_benchmark(size=64, repeats=1)
-    assert set(res["methods"]) == {"zscore", "whitestripe", "nyul", "cdf", "unet"}
+    assert set(res["methods"]) == {"zscore", "whitestripe", "nyul", "cdf", "unet", "unet-gain"}
+    assert res["methods"]["unet-gain"]["profile"] == "unet-gain"  # the shipped profile is timed
     for v in res["methods"].values():
         assert v["median_s"] > 0 and len(v["profile_sha256"]) == 64
     with pytest.raises(ValueError, match="unknown methods"):

@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--matrix", type=int, default=64, help="in-plane matrix (default 64, the profile's)")
     p.add_argument(
         "--profile",
-        default="unet",
-        help="harmonization profile (default unet: learned on traveling subjects of this protocol)",
+        default="unet-gain",
+        help="harmonization profile (default unet-gain: learned on traveling subjects of this protocol)",
     )
     p.add_argument("--sites", default="siteA,siteB", help="comma-separated site names or files")
     p.add_argument("--subject", type=int, default=0, help="digital subject number")
