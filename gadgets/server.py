@@ -53,6 +53,13 @@ log = logging.getLogger(__name__)
 ERROR_PREFIX = "unisono error: "
 #: while connections stream, free heap memory is given back to the OS at most this often (s)
 _TRIM_EVERY_S = 30.0
+#: a finished connection's HDF5 conversion waits while other connections stream, at most this
+#: long (s): on a 2-core machine the conversion (~0.8 CPU-s per 335 MB, mostly the kernel's
+#: page-cache writes) cut the next scan's streaming rate by a fifth even at idle priority
+CONVERT_DEFER_S = 30.0
+#: ... and it starts once no connection has been open for this long (s): back-to-back scans
+#: leave only milliseconds between one connection's close and the next one's connect
+CONVERT_IDLE_S = 0.5
 #: what connections still open at the end of the shutdown grace are told
 SHUTDOWN_TEXT = "the server is shutting down; the data received so far are saved"
 
@@ -302,6 +309,7 @@ class MRDServer:
         # connections whose socket is still open (the max_connections count; raw-file conversion
         # after the socket closed does not hold a slot)
         self._open_sockets = 0
+        self._last_close = 0.0  # time.monotonic() when a connection's socket last closed
         # raw streams to convert to HDF5, by one worker: h5py serializes HDF5 calls anyway, and a
         # thread per pending conversion made memory grow with the backlog under sustained load
         self._convert_q: queue.Queue[tuple[Path, str] | None] = queue.Queue()
@@ -441,6 +449,7 @@ class MRDServer:
         finally:
             with self._lock:
                 self._open_sockets -= 1
+                self._last_close = time.monotonic()
             if stem is not None:
                 # after the client has its answer: the HDF5 conversion is off the streaming path
                 with self._lock:
@@ -450,11 +459,24 @@ class MRDServer:
                 self._conns.discard(threading.current_thread())
 
     def _convert_loop(self) -> None:
-        """Convert finished connections' raw streams to MRD HDF5, one at a time, until told to stop."""
+        """Convert finished connections' raw streams to MRD HDF5, one at a time, until told to stop.
+
+        A conversion waits while connections stream (live data first) until none has been
+        open for :data:`CONVERT_IDLE_S`, at most :data:`CONVERT_DEFER_S`, and not at all once
+        the server is stopping. The stream file is complete on disk meanwhile (see
+        :mod:`gadgets.recorder`).
+        """
         while True:
             job = self._convert_q.get()
             if job is None:
                 return
+            deadline = time.monotonic() + CONVERT_DEFER_S
+            while not self._stopping.is_set() and time.monotonic() < deadline:
+                with self._lock:
+                    idle_s = time.monotonic() - self._last_close if self._open_sockets == 0 else 0.0
+                if idle_s >= CONVERT_IDLE_S:
+                    break
+                time.sleep(0.05)
             stem, label = job
             try:
                 stream = stem.with_suffix(".mrd")

@@ -260,7 +260,8 @@ def test_memory_freed_by_finished_threads_is_returned_to_the_os() -> None:
 
 
 _FAULTS_SCRIPT = """
-import resource, sys, threading
+import ctypes, resource, sys, threading
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: one fault per 4 kB page, not per 2 MB
 import torch
 from gadgets.memory import keep_large_blocks
 if sys.argv[1] == "tuned":
