@@ -249,6 +249,9 @@ def run_benchmark(
             result["raw_recording"] = raw
         finally:
             _stop_server(proc)
+        # the server converted its recordings on the way out: let the kernel write those GBs back
+        # now, not while the latency below is being timed
+        os.sync()
         slices = [acqs[i * per_rep : (i + 1) * per_rep] for i in range(min(repetitions, repeats + 1))]
         lat = _latency(chain, header, slices, dev)
         result["latency_last_readout_to_image_ms"] = {
