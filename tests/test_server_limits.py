@@ -299,7 +299,9 @@ def test_large_blocks_are_reused_instead_of_faulted_in_again() -> None:
         )
         return int(out.stdout.split()[-1])
 
-    # 3 connections x 10 x two 8 MB blocks: ~120,000 pages if every block is fresh
+    # 3 connections x 10 x two 8 MB blocks: ~123,000 pages if every block is fresh (what the
+    # default does for most of them); reused blocks leave thread stacks and small allocations
+    fresh = 3 * 10 * 2 * (8 << 20) // 4096
     default, tuned = faults("default"), faults("tuned")
-    assert tuned < 3000, tuned
-    assert default > 10 * tuned, (default, tuned)
+    assert default > fresh // 3, (default, fresh)
+    assert tuned < fresh // 10 and default > 10 * tuned, (default, tuned)
