@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import h5py
 import ismrmrd
@@ -77,7 +77,44 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 # classes fall back to ordinary I/O.
 
 
-class DirectFile:
+class _DirectIO:
+    """What :class:`DirectFile` and :class:`BlockReader` share: a file descriptor opened with
+    ``O_DIRECT`` where the file system takes it, and a page-aligned buffer (``_buf``, viewed as
+    ``_view``) that direct transfers need."""
+
+    _fd: int
+    direct: bool
+    _buf: mmap.mmap
+    _view: memoryview
+
+    def _attach_buffer(self, size: int) -> None:
+        self._buf = mmap.mmap(-1, size)  # anonymous maps are page-aligned
+        self._view = memoryview(self._buf)
+
+    def _drop_direct(self) -> None:
+        """The file system took the flag at open but refuses direct transfers: go on without."""
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
+        self.direct = False
+
+    def _release(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
+        self._view.release()
+        self._buf.close()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._fd >= 0:
+            self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DirectFile(_DirectIO):
     """An append-only binary file written with ``O_DIRECT`` (page-cache free) where possible.
 
     ``write`` copies into a page-aligned staging buffer, which goes to disk in one write
@@ -106,8 +143,7 @@ class DirectFile:
                 raise
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self.direct = False
-        self._stage = mmap.mmap(-1, max(_ALIGN, staging - staging % _ALIGN))  # page-aligned
-        self._view = memoryview(self._stage)
+        self._attach_buffer(max(_ALIGN, staging - staging % _ALIGN))
         self._fill = 0  # bytes in the staging buffer
         self._disk = 0  # file offset of the staging buffer's first byte (a multiple of 4096)
         #: bytes written so far (the file's size after a flush)
@@ -120,9 +156,7 @@ class DirectFile:
             except OSError as exc:
                 if not (self.direct and exc.errno == errno.EINVAL):
                     raise
-                # the file system took the flag at open but refuses direct transfers
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
-                self.direct = False
+                self._drop_direct()
                 continue
             view, offset = view[k:], offset + k
 
@@ -176,19 +210,10 @@ class DirectFile:
         try:
             self.flush()
         finally:
-            os.close(self._fd)
-            self._fd = -1
-            self._view.release()
-            self._stage.close()
-
-    def __enter__(self) -> DirectFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            self._release()
 
 
-class BlockReader:
+class BlockReader(_DirectIO):
     """Reads a file sequentially in blocks, with ``O_DIRECT`` (page-cache free) where possible.
 
     Args:
@@ -212,8 +237,7 @@ class BlockReader:
             self._fd = os.open(path, os.O_RDONLY)
         size = os.fstat(self._fd).st_size
         self.block = max(_ALIGN, min(block - block % _ALIGN, size + (-size % _ALIGN)))
-        self._buf = mmap.mmap(-1, self.block)  # page-aligned, as O_DIRECT needs
-        self._view = memoryview(self._buf)
+        self._attach_buffer(self.block)
 
     def _read(self) -> int:
         while True:
@@ -224,28 +248,13 @@ class BlockReader:
             except OSError as exc:
                 if not (self.direct and exc.errno == errno.EINVAL):
                     raise
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
-                self.direct = False
+                self._drop_direct()
 
     def read_into(self, out: np.ndarray) -> int:
         """Read the next block into ``out`` (uint8, at least a block long); 0 at the end of the file."""
         n = self._read()
         out[:n] = np.frombuffer(self._buf, np.uint8, count=n)
         return n
-
-    def close(self) -> None:
-        """Close the file (idempotent)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-            self._view.release()
-            self._buf.close()
-
-    def __enter__(self) -> BlockReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class StreamIndex:
