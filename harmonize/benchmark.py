@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from harmonize.cdf import fit_cdf_reference
+from harmonize.fit import LEARNED_VARIANTS
 from harmonize.learned import save_weights
 from harmonize.mask import auto_mask
 from harmonize.nyul import fit_nyul
@@ -28,7 +29,7 @@ from harmonize.unet import UNet2D, UNetConfig
 
 BUDGET_S = {"zscore": 0.1, "whitestripe": 0.1, "nyul": 0.1, "cdf": 0.1, "unet": 1.0, "unet-gain": 1.0}
 #: learned methods: the shipped profile timed, and the architecture timed untrained without it
-_LEARNED = {"unet": UNetConfig(), "unet-gain": UNetConfig(output="gain", field_degree=2)}
+_LEARNED = ("unet", "unet-gain")
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -46,7 +47,7 @@ def _unet_profile(folder: Path, name: str) -> HarmonizationProfile:
     architecture (latency depends on the architecture only)."""
     if name in list_profiles():
         return load_profile(name)
-    config = _LEARNED[name]
+    config = UNetConfig(**LEARNED_VARIANTS.get(name, {}))
     weights = save_weights(UNet2D(config), folder / f"bench-{name}.pt")
     return HarmonizationProfile(
         f"bench-{name}",

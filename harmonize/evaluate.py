@@ -56,19 +56,9 @@ def harmonize_scans(
     return out
 
 
-def _pearson(a: Sequence[float], b: np.ndarray) -> float | None:
-    """Pearson r (0 when either side is constant; None when b holds NaN: no read-out exists)."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if np.isnan(y).any():
-        return None
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return 0.0
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def score_method(
     scans: Sequence[StudyScan], images: Mapping[Key, np.ndarray], heldout_sites=()
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Scores of one method's ``images`` (keyed like the scans) — see the module docstring."""
     by_subject: dict[int, list[StudyScan]] = {}
     for s in scans:
@@ -120,8 +110,8 @@ def score_method(
                 ]
             )
         ),
-        "atrophy_r": _pearson(atrophy, csf_signal_fractions(ims, masks, pooled=True)),
-        "atrophy_r_per_image": _pearson(atrophy, csf_signal_fractions(ims, masks, pooled=False)),
+        "atrophy_r": M.pearson_r(atrophy, csf_signal_fractions(ims, masks, pooled=True)),
+        "atrophy_r_per_image": M.pearson_r(atrophy, csf_signal_fractions(ims, masks, pooled=False)),
     }
     if ssim_held:
         out["ssim_heldout_site"] = float(np.mean(ssim_held))

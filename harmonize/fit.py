@@ -21,14 +21,13 @@ from harmonize.profile import (
     load_profile,
     save_profile,
 )
-from harmonize.study import CLEAN_REPEAT, Study
+from harmonize.study import CLEAN_REPEAT, Study, StudyScan
 
 #: learned variants fit_profile accepts: name -> UNetConfig settings of the variant. All write
 #: method "unet"; the output kind is recorded in the profile's parameters["unet"] (and in the
 #: weights file), so the profile describes itself and older profiles load as "residual".
 #: unet-gain: smooth log-gain (quadratic polynomial) x input; unet-fields: smooth monotone map
 LEARNED_VARIANTS: dict[str, dict] = {
-    "unet": {},
     "unet-gain": {"output": "gain", "field_degree": 2},
     "unet-fields": {"output": "fields", "field_degree": 2},
 }
@@ -75,7 +74,7 @@ def fit_profile(
     Returns the saved profile.
     """
     if method not in METHODS and method not in LEARNED_VARIANTS:
-        raise ValueError(f"method must be one of {METHODS + tuple(LEARNED_VARIANTS)[1:]}, got {method!r}")
+        raise ValueError(f"method must be one of {METHODS + tuple(LEARNED_VARIANTS)}, got {method!r}")
     out = Path(out_path)
     if out.suffix != ".json":
         out = out.with_name(out.name + ".json")
@@ -119,18 +118,17 @@ def fit_profile(
         cfg = replace(cfg, unet=replace(cfg.unet, **variant))
     fields = cfg.unet.output != "residual"
     sites = list(study.sites if train_sites is None else train_sites)
-    sources, targets = [], []
-    n_clean = 0
+    sources, targets, subject_targets = [], [], []
     for s in subjects:
-        clean = study.select([s], [target], repeat=CLEAN_REPEAT)
-        tgt = clean[0] if clean else study.get(s, target, 0)
-        n_clean += bool(clean)
+        tgt = _training_target(study, s, target)
+        subject_targets.append(tgt)
         for src in study.select([s], sites, repeat=None):
             if src.key != tgt.key:
                 sources.append(src)
                 targets.append(tgt)
     if not sources:
         raise ValueError("no training pairs: need scans of the training subjects at other sites or rescans")
+    n_clean = sum(t.clean for t in subject_targets)
     model, history = train_unet(
         [s.image for s in sources],
         [t.image for t in targets],
@@ -144,7 +142,7 @@ def fit_profile(
     if fields:
         params["output_scale"] = {
             "statistic": OUTPUT_SCALE_STATISTIC,
-            "value": output_scale_reference(list({t.key: t for t in targets}.values())),
+            "value": output_scale_reference(subject_targets),
         }
     prof = HarmonizationProfile(
         name,
@@ -176,6 +174,13 @@ def fit_profile(
     )
     save_profile(prof, out)
     return prof
+
+
+def _training_target(study: Study, subject: int, target_site: str) -> StudyScan:
+    """What the learned model is trained to reproduce for ``subject``: its noise-free twin at
+    the target site when the study has one, else repeat 0 there."""
+    clean = study.select([subject], [target_site], repeat=CLEAN_REPEAT)
+    return clean[0] if clean else study.get(subject, target_site, 0)
 
 
 _FIELD_KIND = {
@@ -218,10 +223,7 @@ def with_output_cdf(
         )
     target = profile.target_site or study.sites[0]
     subjects = list(study.subjects if train_subjects is None else train_subjects)
-    refs = []
-    for s in subjects:
-        clean = study.select([s], [target], repeat=CLEAN_REPEAT)
-        refs.append(clean[0] if clean else study.get(s, target, 0))
+    refs = [_training_target(study, s, target) for s in subjects]
     ref = fit_cdf_reference([r.image / intensity_unit(r.image, r.mask) for r in refs], [r.mask for r in refs])
     params = {**profile.parameters, "output_cdf": ref.to_dict()}
     prov = {**profile.provenance, "output_cdf_from": _provenance(study, refs)}

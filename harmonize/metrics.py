@@ -3,7 +3,9 @@
 Similarity of one subject across sites: ``ssim``, ``psnr`` (inside the brain mask),
 ``wasserstein1`` between masked intensity distributions; site effect on tissue:
 ``tissue_mean_spread``; can the site still be told: ``site_classifier_accuracy``;
-is anatomy kept: ``structure_similarity``; is biology kept: ``atrophy_correlation``.
+is anatomy kept: ``structure_similarity``; is biology kept: ``pearson_r`` of the atrophy
+factor with a CSF read-out (``harmonize.volumes``; ``atrophy_correlation`` is the older
+threshold read-out).
 Where intensity units differ (raw images from different sites), metrics say how
 they make themselves scale-free.
 """
@@ -31,6 +33,18 @@ def _pair(a: object, b: object, mask: object) -> tuple[np.ndarray, np.ndarray, n
     return x, y, m
 
 
+def _masked_gaussian(m: np.ndarray, sigma: float):
+    """In-plane Gaussian smoothing that sees only voxels in ``m`` (normalized convolution):
+    returns ``smooth(v) = G(v m) / G(m)``."""
+    w = m.astype(np.float64)
+    norm = np.maximum(ndimage.gaussian_filter(w, sigma=(0, sigma, sigma)), 1e-12)
+
+    def smooth(v: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(v * w, sigma=(0, sigma, sigma)) / norm
+
+    return smooth
+
+
 def _local_stats(x: np.ndarray, y: np.ndarray, m: np.ndarray, sigma: float):
     """Gaussian-window local means, variances and covariance using only voxels in ``m``.
 
@@ -38,16 +52,11 @@ def _local_stats(x: np.ndarray, y: np.ndarray, m: np.ndarray, sigma: float):
     window: at the brain edge a plain window would mix in the zero background and
     reward or punish methods for where they put tissue relative to 0.
     """
-    w = m.astype(np.float64)
-
-    def f(v: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(v * w, sigma=(0, sigma, sigma))
-
-    norm = np.maximum(f(np.ones_like(x)), 1e-12)
-    mx, my = f(x) / norm, f(y) / norm
-    vx = f(x * x) / norm - mx * mx
-    vy = f(y * y) / norm - my * my
-    cxy = f(x * y) / norm - mx * my
+    f = _masked_gaussian(m, sigma)
+    mx, my = f(x), f(y)
+    vx = f(x * x) - mx * mx
+    vy = f(y * y) - my * my
+    cxy = f(x * y) - mx * my
     return mx, my, np.maximum(vx, 0), np.maximum(vy, 0), cxy
 
 
@@ -209,10 +218,8 @@ def structure_similarity(
     """
     x, y, m = _pair(raw, harmonized, mask)
     if lowpass_sigma > 0:
-        w = m.astype(np.float64)
-        norm = np.maximum(ndimage.gaussian_filter(w, (0, lowpass_sigma, lowpass_sigma)), 1e-12)
-        x = ndimage.gaussian_filter(x * w, (0, lowpass_sigma, lowpass_sigma)) / norm
-        y = ndimage.gaussian_filter(y * w, (0, lowpass_sigma, lowpass_sigma)) / norm
+        lowpass = _masked_gaussian(m, lowpass_sigma)
+        x, y = lowpass(x), lowpass(y)
     lx, ly = float(np.ptp(x[m])), float(np.ptp(y[m]))
     c3 = 0.5 * (K2**2) * lx * ly
     _, _, vx, vy, cxy = _local_stats(x, y, m, sigma)
@@ -282,6 +289,16 @@ def atrophy_correlation(
     a = np.asarray(atrophy, dtype=np.float64)
     if a.size != frac.size or a.size < 3:
         raise ValueError("atrophy_correlation needs >= 3 images and one atrophy value each")
-    if np.ptp(a) == 0 or np.ptp(frac) == 0:
+    r = pearson_r(a, frac)
+    assert r is not None  # threshold fractions are never NaN
+    return r
+
+
+def pearson_r(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Pearson r (0 when either side is constant; None when b holds NaN: no read-out exists)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.isnan(y).any():
+        return None
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
-    return float(np.corrcoef(a, frac)[0, 1])
+    return float(np.corrcoef(x, y)[0, 1])

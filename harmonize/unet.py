@@ -16,14 +16,16 @@ spatially varying, monotone intensity map of the input,
 
 a piecewise-linear map of log intensity with knots t_j = log(knots) (the first and last
 segments extend to -inf / +inf) whose offset a and segment slopes s_j > 0 (softplus)
-vary smoothly over the image. The fields are averaged over the mask on a coarse
-``field_grid`` x ``field_grid`` grid and bilinearly interpolated (normalized
-convolution: background voxels never enter), so no field can carry anatomy, and
+vary smoothly over the image. Each field is a least-squares polynomial of degree
+``field_degree`` in (x, y) over the mask (or, with degree 0, averaged over the mask on a
+coarse ``field_grid`` x ``field_grid`` grid and bilinearly interpolated; background voxels
+never enter either), so no field can carry anatomy, and
 every voxel's output is a strictly increasing function of that voxel's input: edges,
 texture and the ordering of tissues are kept, as a global monotone map (Nyúl) keeps
 them, while shading (a), contrast exponents and tissue-specific contrast (s_j) can
 change across the image. The zero-initialised head gives a = 0 and s_j = 1: the
-identity, as for the residual output.
+identity, as for the residual output. ``output="gain"`` keeps the offset field only:
+log y = a(r) + log x, a smooth gain (the shipped ``unet-gain``).
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ OUTPUTS = ("residual", "fields", "gain")
 class UNetConfig:
     """Architecture: in_channels (image [+ mask]), base_channels at full resolution, depth levels.
 
-    output: "residual" (input + free-form residual) or "fields" (smooth monotone intensity
-    map, see the module docstring; needs the mask as second input channel); field_grid:
-    coarse grid size of the fields; knots: the monotone map's knots in input units (p99
-    units: 1 = the image's in-mask 99th percentile).
+    output: "residual" (input + free-form residual), "gain" (input x a smooth gain field) or
+    "fields" (smooth monotone intensity map, see the module docstring); "gain" and "fields"
+    need the mask as second input channel. field_degree: the fields are least-squares
+    polynomials of this degree in (x, y) over the mask (the shipped variants: 2); 0 instead
+    averages them on a field_grid x field_grid grid (slope_grid > 0: the slopes on a grid of
+    their own). knots: the monotone map's knots in input units (p99 units: 1 = the image's
+    in-mask 99th percentile).
     """
 
     in_channels: int = 2
@@ -68,7 +73,9 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.output must be one of {OUTPUTS}, got {self.output!r}")
         if self.output in ("fields", "gain"):
             if self.in_channels < 2:
-                raise ValueError("output='fields' needs the mask as second input channel (in_channels >= 2)")
+                raise ValueError(
+                    f"output={self.output!r} needs the mask as second input channel (in_channels >= 2)"
+                )
             if not 0 <= self.field_degree <= 4:
                 raise ValueError(f"field_degree must be 0 (grid) to 4, got {self.field_degree}")
             if self.field_grid < 1 or self.slope_grid < 0:
@@ -81,8 +88,8 @@ class UNetConfig:
 
     @property
     def n_fields(self) -> int:
-        """Output channels of the head: 1 (residual) or offset + one slope per segment (fields)."""
-        return {"residual": 1, "gain": 1}.get(self.output, len(self.knots) + 2)
+        """Output channels of the head: 1 (residual, gain) or offset + one slope per segment (fields)."""
+        return len(self.knots) + 2 if self.output == "fields" else 1
 
     @property
     def multiple(self) -> int:
@@ -196,7 +203,8 @@ def poly_field(raw: torch.Tensor, mask: torch.Tensor, degree: int) -> torch.Tens
     basis = poly_basis(h, w, degree, raw.device).reshape(-1, h * w)  # (k, hw)
     m = mask.reshape(b, 1, h * w).to(raw.dtype)
     gram = torch.einsum("kn,bn,ln->bkl", basis, m[:, 0], basis)
-    gram = gram + 1e-4 * gram.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(basis.shape[0])
+    ridge = 1e-4 * gram.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
+    gram = gram + ridge * torch.eye(basis.shape[0], device=raw.device)
     rhs = torch.einsum("kn,bcn->bck", basis, raw.reshape(b, c, h * w) * m)
     coef = torch.linalg.solve(gram[:, None], rhs.unsqueeze(-1)).squeeze(-1)  # (b, c, k)
     return torch.einsum("bck,kn->bcn", coef, basis).reshape(b, c, h, w)

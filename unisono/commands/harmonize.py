@@ -311,6 +311,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         chain = load_chain("cartesian", overrides={"harmonize": {"enabled": False}})
         scans, orientations = [], set()
         subjects = list(range(1, args.subjects + 1))
+        clean_isochromats = args.clean_isochromats or args.isochromats
+        clean_spins = args.clean_spins or args.spins
         for subj in subjects:
             a = subject_atrophy(subj)
             plan = [(s, 0) for s in sites]
@@ -329,8 +331,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                     args,
                     chain,
                     seed=scan_seed(subj, site, rep),
-                    clean_isochromats=(args.clean_isochromats or args.isochromats) if want_clean else None,
-                    clean_spins=args.clean_spins or args.spins,
+                    clean_isochromats=clean_isochromats if want_clean else None,
+                    clean_spins=clean_spins,
                 )
                 orientations.add(orient)
                 # evaluation and fitting use the phantom's brain mask ("inside the brain"); the
@@ -350,13 +352,13 @@ def cmd_study(args: argparse.Namespace) -> int:
                 "spins_per_isochromat": args.spins,
                 "chain": "cartesian (harmonize disabled)",
                 "label_orientation": sorted(orientations),
-                "atrophy": "explicit per subject, uniform 0..0.3 (see subject_atrophy)",
+                "atrophy": "explicit per subject, a golden-ratio sequence in 0..0.3 (see subject_atrophy)",
                 "seeds": "scan_seed(subject, site, repeat): independent noise per scan",
                 "clean": {
                     "site": args.clean_site,
                     "subjects": cleans,
-                    "isochromats_per_voxel": args.clean_isochromats or args.isochromats,
-                    "spins_per_isochromat": args.clean_spins or args.spins,
+                    "isochromats_per_voxel": clean_isochromats,
+                    "spins_per_isochromat": clean_spins,
                     "seed": "repeat 0's",
                     "thermal_noise": "off",
                 },
@@ -380,9 +382,12 @@ def _training_config(iterations: int | None):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from harmonize.fit import fit_profile
+    from harmonize.fit import LEARNED_VARIANTS, fit_profile
     from harmonize.study import load_study
 
+    if args.output_cdf and args.method != "unet" and args.method not in LEARNED_VARIANTS:
+        # checked before the (minutes-long) training, for every method that writes a U-Net profile
+        raise ValueError("--output-cdf applies to --method unet (or its variants) only")
     study = load_study(args.train)
     prof = fit_profile(
         args.method,
@@ -398,8 +403,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.output_cdf:
         from harmonize.fit import with_output_cdf
 
-        if prof.method != "unet":
-            raise ValueError("--output-cdf applies to --method unet only")
         out = Path(args.out)
         cdf_path = out.with_name(out.stem + "-cdf.json")
         cprof = with_output_cdf(
@@ -565,6 +568,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     train_sites = [s for s in study.sites if s not in heldout]
     profiles: dict[str, Any] = {}
     fit_dir = Path(args.study) / "profiles"
+    fitted: set[str] = set()
+
+    def fit(method: str) -> Any:
+        """``method`` fitted here on the training subjects (once, whichever item asks first)."""
+        if method not in fitted:
+            t0 = time.perf_counter()
+            profiles[method] = fit_profile(
+                method,
+                study,
+                fit_dir / f"{method}.json",
+                target_site=target,
+                train_subjects=train,
+                train_sites=train_sites,
+                training=_training_config(args.iterations),
+            )
+            fitted.add(method)
+            log.info("fitted %s in %.1f s", method, time.perf_counter() - t0)
+        return profiles[method]
+
     for item in _str_list(args.methods):
         if "=" in item:
             name, ref = item.split("=", 1)
@@ -574,34 +596,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elif item == "unet+cdf":
             from harmonize.fit import with_output_cdf
 
-            if "unet" not in profiles or profiles["unet"] is None:
-                profiles["unet"] = fit_profile(
-                    "unet",
-                    study,
-                    fit_dir / "unet.json",
-                    target_site=target,
-                    train_subjects=train,
-                    train_sites=train_sites,
-                    training=_training_config(args.iterations),
-                )
-            profiles[item] = with_output_cdf(
-                profiles["unet"], study, fit_dir / "unet-cdf.json", train_subjects=train
-            )
+            base = profiles["unet"] if "unet" in profiles else fit("unet")  # a given unet=PROFILE too
+            profiles[item] = with_output_cdf(base, study, fit_dir / "unet-cdf.json", train_subjects=train)
         elif item in METHODS or item in LEARNED_VARIANTS:
-            t0 = time.perf_counter()
-            profiles[item] = fit_profile(
-                item,
-                study,
-                fit_dir / f"{item}.json",
-                target_site=target,
-                train_subjects=train,
-                train_sites=train_sites,
-                training=_training_config(args.iterations),
-            )
-            log.info("fitted %s in %.1f s", item, time.perf_counter() - t0)
+            fit(item)
         else:
             raise ValueError(
-                f"--methods item {item!r} must be raw, one of {METHODS + tuple(LEARNED_VARIANTS)[1:]}, "
+                f"--methods item {item!r} must be raw, one of {METHODS + tuple(LEARNED_VARIANTS)}, "
                 "unet+cdf or NAME=PROFILE"
             )
     result = evaluate_study(
