@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ismrmrd
 import numpy as np
 
-__all__ = ["copy_with_data", "header_copy", "header_fields", "is_flag_set"]
+__all__ = ["copy_with_data", "header_copy", "header_fields", "is_flag_set", "with_waiting"]
 
 
 def header_fields(acq: ismrmrd.Acquisition) -> ismrmrd.AcquisitionHeader:
@@ -22,6 +24,17 @@ def header_fields(acq: ismrmrd.Acquisition) -> ismrmrd.AcquisitionHeader:
 def is_flag_set(head: ismrmrd.AcquisitionHeader | ismrmrd.Acquisition, flag: int) -> bool:
     """``Acquisition.is_flag_set`` on a header structure (flags are numbered from 1)."""
     return bool((int(head.flags) >> (flag - 1)) & 1)
+
+
+def with_waiting(connection: Any, first: Any, max_items: int) -> list[Any]:
+    """``first`` and up to ``max_items - 1`` items already waiting behind it on ``connection``.
+
+    Lets a per-readout gadget transform a batch at once when data arrive faster than it
+    works, and go item by item otherwise. ``ready`` is unisono's; a plain gadgetron-python
+    connection has none, and the gadget then sees one item at a time.
+    """
+    ready = getattr(connection, "ready", None)
+    return [first, *(ready(max_items - 1) if ready is not None else [])]
 
 
 def header_copy(acq: ismrmrd.Acquisition) -> ismrmrd.AcquisitionHeader:

@@ -21,18 +21,19 @@ __all__ = ["release_free_memory", "keep_large_blocks"]
 log = logging.getLogger(__name__)
 
 
-def _load_trim():  # -> Callable[[int], int] | None
+def _libc_function(name: str, argtypes: list):  # -> ctypes function | None
+    """glibc's ``name`` with its argument types, None where the C library has none."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    fn.argtypes = argtypes
+    fn.restype = ctypes.c_int
+    return fn
 
 
-_TRIM = _load_trim()
+_TRIM = _libc_function("malloc_trim", [ctypes.c_size_t])
+_MALLOPT = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
 
 #: glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -59,15 +60,10 @@ def keep_large_blocks() -> bool:
     server is idle, and every 30 s while it streams).
     Returns True when glibc took the settings (False elsewhere: musl, macOS).
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    if _MALLOPT is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     return all(
-        mallopt(param, value) == 1
+        _MALLOPT(param, value) == 1
         for param, value in (
             (_M_ARENA_MAX, 1),
             (_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES),

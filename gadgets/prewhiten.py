@@ -10,7 +10,7 @@ import ismrmrd
 import numpy as np
 import torch
 
-from gadgets.acqtools import copy_with_data, header_fields, is_flag_set
+from gadgets.acqtools import copy_with_data, header_fields, is_flag_set, with_waiting
 from recon.noise import bandwidth_scale, noise_covariance, prewhitening_matrix
 
 __all__ = ["noise_adjust"]
@@ -50,7 +50,6 @@ def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise
             imaging dwell times differ (Gadgetron's receiver noise bandwidth).
         keep_noise: also pass the noise readouts on (dropped by default).
     """
-    ready = getattr(connection, "ready", None)  # absent on a plain gadgetron-python connection
     noise: list[np.ndarray] = []
     noise_dwell_us: float | None = None
     W: torch.Tensor | None = None
@@ -96,7 +95,7 @@ def noise_adjust(connection: Any, *, relative_bandwidth: float = 1.0, keep_noise
             continue
 
         # whiten this readout and those already waiting behind it (same dwell) in one GEMM
-        batch = [item, *(ready(BATCH - 1) if ready is not None else [])]
+        batch = with_waiting(connection, item, BATCH)
         lines: list[ismrmrd.Acquisition] = []
         dwell = 0.0  # of the readouts in ``lines``
         for acq in batch:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import groupby
 from typing import Any
 
 import ismrmrd
 import numpy as np
 import torch
 
-from gadgets.acqtools import copy_with_data, header_fields, is_flag_set
+from gadgets.acqtools import copy_with_data, header_fields, is_flag_set, with_waiting
 from gadgets.encoding import encoding_info
 from recon.oversampling import remove_readout_oversampling
 
@@ -35,7 +36,6 @@ def remove_oversampling(connection: Any, *, factor: int = 0) -> None:
     if factor < 0:
         raise ValueError(f"factor must be >= 0 (0 = from the header), got {factor}")
     infos: dict[int, Any] = {}
-    ready = getattr(connection, "ready", None)  # absent on a plain gadgetron-python connection
 
     def oversampling_of(item: Any) -> int:
         """The factor to remove from ``item``; 1 = pass it on unchanged."""
@@ -66,21 +66,19 @@ def remove_oversampling(connection: Any, *, factor: int = 0) -> None:
             h.discard_post //= f
             connection.send(acq)
 
+    def batch_key(item: Any) -> tuple[int, int, int] | None:
+        """Readouts transformed together share this key; None passes the item on unchanged."""
+        f = oversampling_of(item)
+        if f == 1:
+            return None
+        h = header_fields(item)
+        return (f, h.active_channels, h.number_of_samples)
+
     for first in connection:
-        batch = [first, *(ready(BATCH - 1) if ready is not None else [])]
-        group: list[Any] = []
-        group_key: tuple[int, int, int] | None = None
-        for item in batch:
-            f = oversampling_of(item)
-            h = header_fields(item)
-            key = (f, h.active_channels, h.number_of_samples) if f > 1 else None
-            if group and key != group_key:
-                flush(group, group_key[0])
-                group = []
+        # runs of readouts with one key go through one FFT; the stream's order is kept
+        for key, run in groupby(with_waiting(connection, first, BATCH), key=batch_key):
             if key is None:
-                connection.send(item)
-                continue
-            group.append(item)
-            group_key = key
-        if group:
-            flush(group, group_key[0])
+                for item in run:
+                    connection.send(item)
+            else:
+                flush(list(run), key[0])

@@ -150,10 +150,6 @@ class _Pipe:
             self._not_full.notify()
             return out
 
-    def get(self) -> Any:
-        """The next item (blocks)."""
-        return self.get_many(1)[0]
-
     def waiting(self) -> int:
         """How many items are queued (a snapshot)."""
         return len(self._items)
@@ -403,8 +399,9 @@ class RunningChain:
         """
         try:
             if isinstance(items, list | tuple):
-                for i in range(0, len(items), Connection.BATCH):
-                    self.put_many(items[i : i + Connection.BATCH])
+                step = self.batch_size
+                for i in range(0, len(items), step):
+                    self.put_many(items[i : i + step])
             else:
                 for item in items:
                     self.put(item)

@@ -378,8 +378,7 @@ class MessageReader:
         between readouts, the end of a scan) has all but the last partial 4 kB on disk
         after the grace time.
         """
-        pending = getattr(self.record, "pending", None) if self.record is not None else None
-        if pending is None or pending == 0:
+        if not getattr(self.record, "pending", 0):  # nothing held (or a recording that holds nothing)
             return None
         k = self._receive(view, block=False, wait_s=RECORD_GRACE_S)
         if k is None:
