@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 #: text messages starting with this report a failed chain to the client
 ERROR_PREFIX = "unisono error: "
-#: while connections stream, free heap memory is given back to the OS at most this often (s)
+#: after a connection ends while others stream, free heap memory is given back to the OS at most
+#: this often (s); at once when the server is idle
 _TRIM_EVERY_S = 30.0
 #: a finished connection's HDF5 conversion waits while other connections stream, at most this
 #: long (s): on a 2-core machine the conversion (~0.8 CPU-s per 335 MB, mostly the kernel's
@@ -312,7 +313,8 @@ class MRDServer:
         self._last_close = 0.0  # time.monotonic() when a connection's socket last closed
         # raw streams to convert to HDF5, by one worker: h5py serializes HDF5 calls anyway, and a
         # thread per pending conversion made memory grow with the backlog under sustained load
-        self._convert_q: queue.Queue[tuple[Path, str] | None] = queue.Queue()
+        # (stem or None when nothing was recorded, label, time the connection ended)
+        self._convert_q: queue.Queue[tuple[Path | None, str, float] | None] = queue.Queue()
         self._pending_conversions = 0
         self._last_trim = time.monotonic()
         self._converter: threading.Thread | None = None
@@ -341,9 +343,9 @@ class MRDServer:
         self._port = sock.getsockname()[1]
         self._accept_thread = threading.Thread(target=self._accept_loop, name="mrd-accept", daemon=True)
         self._accept_thread.start()
-        if self.raw_dir is not None:
-            self._converter = threading.Thread(target=self._convert_loop, name="mrd-raw-convert", daemon=True)
-            self._converter.start()
+        # converts recordings and gives freed memory back, after connections (with or without raw)
+        self._converter = threading.Thread(target=self._convert_loop, name="mrd-raw-convert", daemon=True)
+        self._converter.start()
         log.info("MRD server listening on %s:%d (%s)", self.host, self._port, self.limits.describe())
         if not _is_loopback(self.host):
             log.warning(
@@ -450,54 +452,64 @@ class MRDServer:
             with self._lock:
                 self._open_sockets -= 1
                 self._last_close = time.monotonic()
-            if stem is not None:
-                # after the client has its answer: the HDF5 conversion is off the streaming path
-                with self._lock:
+                if stem is not None:
                     self._pending_conversions += 1
-                self._convert_q.put((stem, label))
+            # after the client has its answer: conversion and memory trimming are off the streaming path
+            self._convert_q.put((stem, label, self._last_close))
             with self._lock:
                 self._conns.discard(threading.current_thread())
 
     def _convert_loop(self) -> None:
-        """Convert finished connections' raw streams to MRD HDF5, one at a time, until told to stop.
+        """After each connection, one at a time until told to stop: convert its raw stream to MRD
+        HDF5 (when it was recorded) and give freed heap back to the OS.
 
-        A conversion waits while connections stream (live data first) until none has been
-        open for :data:`CONVERT_IDLE_S`, at most :data:`CONVERT_DEFER_S`, and not at all once
-        the server is stopping. The stream file is complete on disk meanwhile (see
-        :mod:`gadgets.recorder`).
+        Both wait while connections stream (live data first) until none has been open for
+        :data:`CONVERT_IDLE_S`, at most until :data:`CONVERT_DEFER_S` after the connection
+        ended, and not at all once the server is stopping. The stream file is complete on disk
+        meanwhile (see :mod:`gadgets.recorder`).
         """
         while True:
             job = self._convert_q.get()
             if job is None:
                 return
-            deadline = time.monotonic() + CONVERT_DEFER_S
-            while not self._stopping.is_set() and time.monotonic() < deadline:
-                with self._lock:
-                    idle_s = time.monotonic() - self._last_close if self._open_sockets == 0 else 0.0
-                if idle_s >= CONVERT_IDLE_S:
-                    break
-                time.sleep(0.05)
-            stem, label = job
-            try:
-                stream = stem.with_suffix(".mrd")
-                if stream.exists() and stream.stat().st_size == 0:
-                    stream.unlink()  # the client sent nothing (a port probe): there is nothing to keep
-                    continue
-                self.raw_converter.convert(stream, stem.with_suffix(".h5"))
-                if stem.with_suffix(".h5").exists():
-                    self.raw_files.append(stem.with_suffix(".h5"))
-            except Exception as exc:  # noqa: BLE001 - keep the .mrd stream file if conversion fails
-                log.error("%s: raw stream to HDF5 failed (%s); kept %s.mrd", label, exc, stem)
-            finally:
-                # a long-running server's RSS would otherwise creep up (see gadgets.memory); but
-                # the pages given back cost ~0.6 µs each to fault in again on VMs that reclaim
-                # free guest memory (0.2 CPU-s per 335 MB), so a busy server trims only now and then
-                with self._lock:
-                    self._pending_conversions -= 1
-                    idle = self._open_sockets == 0
-                if idle or time.monotonic() - self._last_trim > _TRIM_EVERY_S:
-                    release_free_memory()
-                    self._last_trim = time.monotonic()
+            stem, label, ended = job
+            self._wait_for_idle(ended + CONVERT_DEFER_S)
+            if stem is not None:
+                try:
+                    self._convert(stem, label)
+                finally:
+                    with self._lock:
+                        self._pending_conversions -= 1
+            # a long-running server's RSS would otherwise creep up (see gadgets.memory); but
+            # the pages given back cost ~0.6 µs each to fault in again on VMs that reclaim
+            # free guest memory (0.2 CPU-s per 335 MB), so a busy server trims only now and then
+            with self._lock:
+                idle = self._open_sockets == 0
+            if idle or time.monotonic() - self._last_trim > _TRIM_EVERY_S:
+                release_free_memory()
+                self._last_trim = time.monotonic()
+
+    def _wait_for_idle(self, deadline: float) -> None:
+        """Until no connection has been open for CONVERT_IDLE_S, ``deadline`` or the server stops."""
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                idle_s = time.monotonic() - self._last_close if self._open_sockets == 0 else 0.0
+            if idle_s >= CONVERT_IDLE_S:
+                return
+            time.sleep(0.05)
+
+    def _convert(self, stem: Path, label: str) -> None:
+        """One connection's ``stem.mrd`` recording to ``stem.h5`` (kept as .mrd if that fails)."""
+        try:
+            stream = stem.with_suffix(".mrd")
+            if stream.exists() and stream.stat().st_size == 0:
+                stream.unlink()  # the client sent nothing (a port probe): there is nothing to keep
+                return
+            self.raw_converter.convert(stream, stem.with_suffix(".h5"))
+            if stem.with_suffix(".h5").exists():
+                self.raw_files.append(stem.with_suffix(".h5"))
+        except Exception as exc:  # noqa: BLE001 - keep the .mrd stream file if conversion fails
+            log.error("%s: raw stream to HDF5 failed (%s); kept %s.mrd", label, exc, stem)
 
     @property
     def active_connections(self) -> int:
