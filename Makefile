@@ -15,6 +15,8 @@ export NUMBA_NUM_THREADS ?= 1
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	# Debian's python3 needs python3-venv for this (the script installs what is missing)
+	$(PYTHON) -c "import ensurepip" 2>/dev/null || bash .ci/install-reference-tools
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	# torch first, so that no dependency pulls the multi-GB CUDA build
@@ -25,11 +27,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/unisono demo
 
-# the Debian reference tools (bart, ismrmrd-tools, ismrmrd-schema) the tests compare against
+# Debian packages: python3-venv and the reference tools (bart, ismrmrd-tools, ismrmrd-schema)
 tools:
 	bash .ci/install-reference-tools
 
-test: setup tools
+test: tools setup
 	$(PY) -m pytest -n 2 -q
 
 lint: setup

@@ -264,7 +264,8 @@ def fixed_receive_field(image: torch.Tensor, order: int = 2, quantile: float = 0
         order: total polynomial degree in the normalised coordinates (2 = quadratic).
         quantile: fraction of the foreground intensities below which voxels are left out.
     Returns:
-        the field, same shape as ``image`` (float64), 1 on average over the fitted voxels.
+        the field, same shape as ``image`` (float64), normalised to 1 at the grid centre (only
+        its shape matters: both images are divided by the same field).
     """
     img = image.detach().abs().to(torch.float64).cpu()
     axes = torch.meshgrid(

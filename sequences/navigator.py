@@ -186,7 +186,8 @@ def make_orbital_navigator(
         raise ProtocolError(
             f"the orbital navigator (radius {radius:.4g} 1/m in {period * 1e3:g} ms) needs "
             f"{amp / system.gamma * 1e3:.3g} mT/m and {turn_slew / system.gamma:.3g} T/m/s; "
-            f"system {system.name} allows {system.max_grad * 1e3:g} mT/m and {system.max_slew:g} T/m/s"
+            f"system {system.name} allows {system.max_grad * 1e3:g} mT/m and, for turning (half the "
+            f"slew rate), {0.5 * system.max_slew:g} T/m/s"
         )
     ramp = ceil_to(max(amp / (0.5 * system.max_slew_hz), system.adc_dead_time, 2 * raster), raster)
     total = ramp + period + ramp

@@ -6,9 +6,10 @@ p_scanner = R p + t. A :class:`MotionTrajectory` gives the transform against seq
 
 Prospective correction (what a scanner with PMC does): with the latest estimate (R, t) the
 following blocks run with gradients rotated by R (the logical axes follow the head) and with the
-RF and receiver phase advanced by theta(t) = 2 pi K(t).t, K being the physical gradient moment
-since the start; theta's time derivative is the usual frequency offset G.t during slice selection
-and readout. For a perfect estimate the encoding then sees the head at rest.
+RF and receiver phase advanced by theta(t) = 2 pi ∫ G.t dτ, accumulated while a correction is
+in force with the translation t in force at each moment (so the phase stays continuous when the
+estimate changes); theta's time derivative is the usual frequency offset G.t during slice
+selection and readout. For a perfect estimate the encoding then sees the head at rest.
 """
 
 from __future__ import annotations

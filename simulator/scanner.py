@@ -219,12 +219,11 @@ def correct_pulse(p: Pulse, theta_acc: float, t_m: np.ndarray) -> Pulse:
     g = np.broadcast_to(p.grad, (p.dt.size, 3))
     k_mid = np.cumsum(g * p.dt[:, None], axis=0) - 0.5 * g * p.dt[:, None]
     theta_var = 2 * math.pi * (k_mid @ t_m)
-    theta0 = theta_acc
     amp = p.amplitude * np.exp(-1j * theta_var)
     return replace(
         p,
         amplitude=amp,
-        phase_rad=p.phase_rad - theta0,
+        phase_rad=p.phase_rad - theta_acc,
         key=p.key + (tuple(np.round(t_m * 1e9).astype(int).tolist()),),
     )
 
@@ -320,7 +319,9 @@ def simulate(
             fb = feedback()
             if fb is not None:
                 correction.update(fb)
-        rotation = correction.pose.matrix if correction.active else None
+        # the correction changes only here, at a block's start: look it up once per block
+        t_corr = correction.pose.t_m if correction.active else None
+        rotation = correction.pose.matrix if t_corr is not None else None
         ids = seq.block_events[i]
         info = compile_block(
             block, int(i), state, rf_raster, site.gradient_delay_s, site.larmor_hz, rotation,
@@ -331,19 +332,19 @@ def simulate(
             if isinstance(ev, Free):
                 engine.free(ev.duration, ev.moment)
                 geom.free(ev.moment)
-                if correction.active:
-                    theta_acc += 2 * math.pi * float(ev.moment @ correction.pose.t_m)
+                if t_corr is not None:
+                    theta_acc += 2 * math.pi * float(ev.moment @ t_corr)
             elif isinstance(ev, Pulse):
-                if correction.active:
-                    ev = correct_pulse(ev, theta_acc, correction.pose.t_m)
+                if t_corr is not None:
+                    ev = correct_pulse(ev, theta_acc, t_corr)
                 engine.rf(ev)
                 geom.pulse(ev)
-                if correction.active:
+                if t_corr is not None:
                     moment = (np.broadcast_to(ev.grad, (ev.dt.size, 3)) * ev.dt[:, None]).sum(axis=0)
-                    theta_acc += 2 * math.pi * float(moment @ correction.pose.t_m)
+                    theta_acc += 2 * math.pi * float(moment @ t_corr)
             elif isinstance(ev, Readout):
-                if correction.active:
-                    ev = correct_readout(ev, theta_acc, correction.pose.t_m)
+                if t_corr is not None:
+                    ev = correct_readout(ev, theta_acc, t_corr)
                 sig = engine.readout(ev)
                 k = ev.tau.size
                 white = torch.complex(

@@ -25,11 +25,6 @@ def _tool(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def ismrmrd_info() -> str:
-    return _tool("ismrmrd_info")
-
-
-@pytest.fixture(scope="session")
 def bart() -> str:
     return _tool("bart")
 

@@ -23,7 +23,7 @@ Defaults keep one run to a few minutes on 2 CPU cores: matrix 64, the project's 
 protocol (TR 100 ms, flip 70 degrees, 40 dummy TRs, as the traveling-subject study), 9
 isochromats per voxel (a 3 x 3 in-plane grid, which cancels the protocol's 2-cycle spoilers),
 a 1 ms / 20 us RF pulse (the RF Bloch step dominates when spins move), an orbital navigator
-(tx, ty, rz) before every imaging TR (it fits in the TR's dead time) with a 30 degree
+(tx, ty, rz) before every imaging TR (it adds ~4 ms to each TR) with a 30 degree
 navigator flip, dead band 0.2 mm / 0.4 deg (about three times the navigators' noise, 0.07 mm
 and 0.13 deg RMS). The 40 dummy TRs
 matter for the orbital navigator: with the protocol's 4, the magnitude profile still changes
@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from unisono.scan import DEAD_BAND_DEG, DEAD_BAND_MM
+
 __all__ = ["BenchSettings", "standard_trajectory", "run_benchmark", "TRAJECTORIES"]
 
 TRAJECTORIES = ("drift", "step", "nod", "turn")
@@ -76,8 +78,8 @@ class BenchSettings:
     rf_duration_ms: float = 1.0
     rf_dwell_us: float = 20.0
     seed: int = 0
-    dead_band_mm: float = 0.2
-    dead_band_deg: float = 0.4
+    dead_band_mm: float = DEAD_BAND_MM
+    dead_band_deg: float = DEAD_BAND_DEG
 
     def overrides(self) -> dict[str, object]:
         return {
@@ -216,7 +218,7 @@ def _volume_estimation(device: str) -> dict[str, Any]:
 
 
 def _oracle_channel(motion, base: type, dead_band: tuple[float, float], last_segment: int) -> Any:
-    """A scanner feedback channel fed the *true* pose at each navigator pair (ignores the server).
+    """A scanner feedback channel fed the *true* pose at each navigator (ignores the server).
 
     Same update points, lockstep and dead band as the real loop: it separates what estimation
     errors cost from what the update timing and the simulated spin history cost.
@@ -229,7 +231,7 @@ def _oracle_channel(motion, base: type, dead_band: tuple[float, float], last_seg
     class OracleFeedback(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             super().__init__(apply=True, min_change_mm=dead_band[0], min_change_deg=dead_band[1])
-            self._pairs = 0
+            self._navs = 0
             self._ref_s: float | None = None
 
         def on_item(self, item: Any) -> None:  # the server's estimates are not used
@@ -240,16 +242,16 @@ def _oracle_channel(motion, base: type, dead_band: tuple[float, float], last_seg
                 # a navigator is complete with its last readout (projection: SEG 1; orbital: SEG 0)
                 if acq.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA) and int(acq.idx.segment) == last_segment:
                     t = int(acq.acquisition_time_stamp) * TIME_TICK_S
-                    self._pairs += 1
-                    if self._pairs == 2:  # the estimator's reference pair (reference_pair = 1)
+                    self._navs += 1
+                    if self._navs == 2:  # the estimator's reference navigator (reference_pair = 1)
                         self._ref_s = t
-                    elif self._pairs > 2:
+                    elif self._navs > 2:
                         true_t = np.subtract(motion.transform_at(t).translation_mm,
                                              motion.transform_at(self._ref_s).translation_mm)  # fmt: skip
                         true_r = np.subtract(motion.transform_at(t).rotation_deg,
                                              motion.transform_at(self._ref_s).rotation_deg)  # fmt: skip
                         self._latest = MotionFeedback(
-                            seq=self._pairs, scan_counter=int(acq.scan_counter),
+                            seq=self._navs, scan_counter=int(acq.scan_counter),
                             acquisition_time_stamp=int(acq.acquisition_time_stamp),
                             translation_mm=tuple(true_t), rotation_deg=tuple(true_r), method="oracle",
                         )  # fmt: skip
@@ -361,9 +363,10 @@ def _plot(traces: dict[str, dict[str, Any]], path: Path) -> None:
 def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     """Run the motion benchmark; returns the JSON-ready result.
 
-    Options (``--set KEY=VALUE``): matrix, isochromats, site, navigator_every,
-    navigator_flip_deg, rf_duration_ms, rf_dwell_us, seed (see :class:`BenchSettings`),
-    trajectories (comma-separated subset of drift,step,nod), out (folder for scans and the
+    Options (``--set KEY=VALUE``): the fields of :class:`BenchSettings` (matrix, tr_ms,
+    flip_deg, dummy_scans, isochromats, site, navigator_every, navigator_type,
+    navigator_flip_deg, rf_duration_ms, rf_dwell_us, seed, dead_band_mm, dead_band_deg),
+    trajectories (comma-separated subset of drift,step,nod,turn), out (folder for scans and the
     PNG; a temporary one when absent), png (path of the traces figure), volume (on/off: the
     volume-to-volume image method's error over :data:`VOLUME_POSES`, about 30 s).
 
@@ -520,6 +523,6 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
         "traces_png": str(png),
         "out": str(out_root),
         "wall_s": time.perf_counter() - t_start,
-        "note": "rotations are not observed by the two in-plane projection navigators (reported in "
-        "'unobserved'); rms_deg is null when no rotation is estimated",
+        "note": "through-plane motion (tz, rx, ry) is not observed by in-plane navigators, nor rz by "
+        "the projection pair (reported in 'unobserved'); rms_deg is null when no rotation is estimated",
     }

@@ -42,6 +42,10 @@ class ScanRequest:
     feedback: bool = False  # apply the server's motion feedback prospectively
 
 
+#: default dead band of prospective updates (see ScannerFeedback)
+DEAD_BAND_MM, DEAD_BAND_DEG = 0.2, 0.4
+
+
 class ScannerFeedback:
     """The virtual scanner's end of the feedback channel.
 
@@ -72,8 +76,8 @@ class ScannerFeedback:
         self,
         apply: bool,
         update_at: list[bool] | None = None,
-        min_change_mm: float = 0.2,
-        min_change_deg: float = 0.4,
+        min_change_mm: float = DEAD_BAND_MM,
+        min_change_deg: float = DEAD_BAND_DEG,
         sync_timeout_s: float | None = None,
     ) -> None:
         if min_change_mm < 0 or min_change_deg < 0:

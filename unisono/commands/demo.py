@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--matrix", type=int, default=64, help="in-plane matrix (default 64, the profile's)")
     p.add_argument(
         "--profile",
-        default="unet-gain",
-        help="harmonization profile (default unet-gain: learned on traveling subjects of this protocol)",
+        default=None,
+        help="harmonization profile (default: unisono.demo.DEMO_PROFILE, learned on traveling "
+        "subjects of this protocol)",
     )
     p.add_argument("--sites", default="siteA,siteB", help="comma-separated site names or files")
     p.add_argument("--subject", type=int, default=0, help="digital subject number")
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from recon.device import resolve_device
-    from unisono.demo import DemoConfig, run_demo
+    from unisono.demo import DEMO_PROFILE, DemoConfig, run_demo
 
     sites = tuple(s.strip() for s in args.sites.split(",") if s.strip())
     if len(sites) < 2:
@@ -46,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         isochromats_per_voxel=args.isochromats,
         spins_per_isochromat=args.spins,
         system=args.system,
-        harmonization_profile=args.profile,
+        harmonization_profile=args.profile or DEMO_PROFILE,
         device=str(resolve_device(args.device)),
     )
     run_demo(config, print_fn=lambda line: print(line, flush=True))
