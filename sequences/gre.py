@@ -50,7 +50,7 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence, achieved_params
 from sequences.header import EncodingInfo, protocol_header
-from sequences.navigator import ORBIT_RADIUS, OrbitalNavigator, make_navigator, make_orbital_navigator
+from sequences.navigator import ORBIT_RADIUS, make_navigator, make_orbital_navigator
 from sequences.systems import SystemProfile
 
 #: golden angle for 2D radial sampling [rad] (180 deg / golden ratio)
@@ -140,26 +140,12 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
 
     nav_every = p.get("navigator_every", 0)
     nav = None
-    if nav_every and p.get("navigator_type", "projection") == "orbital":
-        nav = make_orbital_navigator(
-            system,
-            ORBIT_RADIUS,
-            p["navigator_flip_angle"],
-            p["rf_duration"],
-            p["rf_time_bandwidth"],
-            p["rf_dwell"],
-            thickness,
-        )
-    elif nav_every:
-        nav = make_navigator(
-            system,
-            ro,
-            p["navigator_flip_angle"],
-            p["rf_duration"],
-            p["rf_time_bandwidth"],
-            p["rf_dwell"],
-            thickness,
-        )
+    if nav_every:
+        rf = (p["navigator_flip_angle"], p["rf_duration"], p["rf_time_bandwidth"], p["rf_dwell"], thickness)
+        if p.get("navigator_type", "projection") == "orbital":
+            nav = make_orbital_navigator(system, ORBIT_RADIUS, *rf)
+        else:
+            nav = make_navigator(system, ro, *rf)
 
     seq = pp.Sequence(system=system.to_opts())
     seq.add_block(*noise_prescan(system, n_samples, dwell))
@@ -244,8 +230,8 @@ def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actu
             "slice": (0, len(z_pos) - 1, 0),
             "average": (0, p["n_averages"] - 1, 0),
             "repetition": (0, p["n_repetitions"] - 1, 0),
-            # projection navigator readouts carry SEG = projection axis (0 = x, 1 = y)
-            **({"segment": (0, 0 if isinstance(nav, OrbitalNavigator) else 1, 0)} if nav is not None else {}),
+            # navigator readouts carry SEG (a projection navigator's axis: 0 = x, 1 = y)
+            **({"segment": (0, nav.n_segments - 1, 0)} if nav is not None else {}),
         },
     )
     if kind == "radial2d":
@@ -256,12 +242,9 @@ def _finish(p, system, protocol, kind, seq, lines, z_pos, ro, te_actual, tr_actu
     user_string = {"unisono.protocol": protocol, "unisono.system": system.name}
     user_long = {"readout_oversampling": os, "dummy_scans": p["dummy_scans"]}
     user_double = {"readout_bandwidth_Hz_per_px": 1.0 / (n_samples * dwell)}
-    if isinstance(nav, OrbitalNavigator):
-        user_string["unisono.navigator"] = "orbital"
-        user_double["navigator_orbital_radius_per_m"] = nav.radius
-        user_long["navigator_every"] = p["navigator_every"]
-    elif nav is not None:
-        user_string["unisono.navigator"] = "projection-xy"
+    if nav is not None:
+        user_string["unisono.navigator"] = nav.header_tag
+        user_double.update(nav.header_doubles())
         user_long["navigator_every"] = p["navigator_every"]
     header = protocol_header(
         protocol, system, [enc], TR=tr_actual, TE=te_actual, flip_angle=p["flip_angle"],

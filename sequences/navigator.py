@@ -57,6 +57,15 @@ class Navigator:
     spoil_z: float
     system: SystemProfile
 
+    #: readouts per navigator, labelled SEG 0.. (projection axis: 0 = x, 1 = y)
+    n_segments = len(AXES)
+    #: the navigator's name in the MRD header (userParameterString "unisono.navigator")
+    header_tag = "projection-xy"
+
+    def header_doubles(self) -> dict[str, float]:
+        """What the MRD header's userParameterDouble records about this navigator."""
+        return {}
+
     @property
     def duration(self) -> float:
         """Total time one navigator (both axes) adds to the sequence [s]."""
@@ -137,6 +146,13 @@ class OrbitalNavigator:
     pre_duration: float
     readout_duration: float
     spoil_duration: float
+
+    n_segments = 1
+    header_tag = "orbital"
+
+    def header_doubles(self) -> dict[str, float]:
+        """What the MRD header's userParameterDouble records about this navigator."""
+        return {"navigator_orbital_radius_per_m": self.radius}
 
     @property
     def duration(self) -> float:

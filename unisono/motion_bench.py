@@ -402,7 +402,9 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     t_start = time.perf_counter()
 
     dead_band = (settings.dead_band_mm, settings.dead_band_deg)
-    last_nav_segment = 0 if settings.navigator_type == "orbital" else 1
+    built = sequences.build_protocol("gre2d", overrides=settings.overrides())
+    # a navigator is complete with its last readout, the header's last segment
+    last_nav_segment = int(built.header.encoding[0].encodingLimits.segment.maximum)
 
     def scan(tag: str, motion, feedback: bool, oracle: bool = False) -> tuple[Path, ScannerFeedback]:
         out = out_root / tag
@@ -437,7 +439,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     import json
 
     duration_s = float(json.loads((still_dir / "scan.json").read_text())["sequence_duration_s"])
-    start_s = imaging_start_s(sequences.build_protocol("gre2d", overrides=settings.overrides()))
+    start_s = imaging_start_s(built)
     results: dict[str, Any] = {}
     traces: dict[str, dict[str, Any]] = {}
     round_trips: list[np.ndarray] = []
