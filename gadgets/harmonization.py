@@ -9,7 +9,7 @@ import torch
 
 from gadgets.buffers import ImageBuffer
 
-__all__ = ["harmonize"]
+__all__ = ["harmonize", "station_name"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,13 @@ def _load(profile: str) -> tuple[Any, Any] | None:
     except (FileNotFoundError, KeyError, ValueError) as exc:
         log.warning("harmonization skipped: profile '%s' is not available (%s)", profile, exc)
     return None
+
+
+def station_name(header: Any) -> str | None:
+    """The scanner's ``acquisitionSystemInformation.stationName`` from an MRD header, or None."""
+    asi = getattr(header, "acquisitionSystemInformation", None)
+    name = getattr(asi, "stationName", None)
+    return str(name) if name else None
 
 
 def harmonize(
@@ -46,9 +53,12 @@ def harmonize(
             a reader can compare both, as vendors export "original" and "normalized" series.
 
     Harmonized images get meta ``unisono.harmonization`` (profile name) and
-    ``unisono.harmonization_sha256``.
+    ``unisono.harmonization_sha256``. The scanner's ``stationName`` (MRD header) names the
+    site for profiles with per-site contrast curves; ``unisono.harmonization_site`` records
+    it when the profile holds a curve for it.
     """
     loaded = _load(profile) if enabled else None
+    site = station_name(getattr(connection, "header", None))
     if enabled and loaded is None and required:
         raise ValueError(f"harmonization profile '{profile}' could not be loaded and required = true")
     for item in connection:
@@ -64,10 +74,13 @@ def harmonize(
             raise ValueError(
                 f"harmonization needs coil-combined images (1 channel), got {mag.shape[0]} channels"
             )
-        out = hz.apply_profile(prof, mag[0].cpu())  # the harmonize package works on host memory
+        # the harmonize package works on host memory
+        out = hz.apply_profile(prof, mag[0].cpu(), site=site)
         out = torch.as_tensor(out, dtype=torch.float32, device=mag.device)[None]
         meta = dict(item.meta)
         meta["unisono.harmonization"] = getattr(prof, "name", str(profile))
         meta["unisono.harmonization_sha256"] = getattr(prof, "sha256", "")
+        if site is not None and site in prof.parameters.get("site_contrast", {}).get("sites", {}):
+            meta["unisono.harmonization_site"] = site
         meta["unisono.series"] = "harmonized"
         connection.send(ImageBuffer(out, item.reference, item.encoding_index, meta))

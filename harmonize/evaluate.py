@@ -46,13 +46,13 @@ Key = tuple[int, str, int]
 def harmonize_scans(
     scans: Sequence[StudyScan], profile: HarmonizationProfile | None
 ) -> dict[Key, np.ndarray]:
-    """Apply ``profile`` (None = raw: masked scan) to each scan with its stored mask."""
+    """Apply ``profile`` (None = raw: masked scan) to each scan with its stored mask and site."""
     out = {}
     for s in scans:
         if profile is None:
             out[s.key] = np.where(s.mask, s.image, 0).astype(np.float32)
         else:
-            out[s.key] = apply_profile(profile, s.image, s.mask)
+            out[s.key] = apply_profile(profile, s.image, s.mask, site=s.site)
     return out
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from harmonize.cdf import fit_cdf_reference
-from harmonize.learned import TrainingConfig, intensity_unit, save_weights, train_unet
+from harmonize.learned import TrainingConfig, apply_learned, intensity_unit, save_weights, train_unet
 from harmonize.nyul import fit_nyul
 from harmonize.profile import (
     METHODS,
@@ -21,6 +21,7 @@ from harmonize.profile import (
     load_profile,
     save_profile,
 )
+from harmonize.site_contrast import SiteContrast, add_site, calibrate_sites
 from harmonize.study import CLEAN_REPEAT, Study, StudyScan
 
 #: learned variants fit_profile accepts: name -> UNetConfig settings of the variant. All write
@@ -197,6 +198,38 @@ def output_scale_reference(targets: Sequence) -> float:
     return float(np.mean(vals))
 
 
+def _beside(profile: HarmonizationProfile, out_path: str | Path, what: str) -> Path:
+    """Where a profile derived from the U-Net ``profile`` goes: a .json beside it (they share weights)."""
+    if profile.method != "unet" or profile.source_dir is None:
+        raise ValueError(f"{what} needs a U-Net profile that was saved or loaded from a file")
+    out = Path(out_path)
+    if out.suffix != ".json":
+        out = out.with_name(out.name + ".json")
+    if out.parent.resolve() != profile.source_dir:
+        raise ValueError(
+            f"{out} must sit beside the U-Net profile (in {profile.source_dir}): they share weights"
+        )
+    return out
+
+
+def _derived(
+    profile: HarmonizationProfile, out: Path, name: str | None, params: dict, provenance: dict, note: str
+) -> HarmonizationProfile:
+    """Save (and reload) a copy of ``profile`` with new parameters, sharing its weights file."""
+    prof = HarmonizationProfile(
+        name or out.stem,
+        "unet",
+        params,
+        profile.target_site,
+        {**profile.provenance, **provenance},
+        weights_file=profile.weights_file,
+        weights_sha256=profile.weights_sha256,
+        description=profile.description + note,
+    )
+    save_profile(prof, out)
+    return load_profile(out)
+
+
 def with_output_cdf(
     profile: HarmonizationProfile,
     study: Study,
@@ -212,30 +245,67 @@ def with_output_cdf(
     (each image divided by its in-mask 99th percentile). The copy shares the weights
     file, so ``out_path`` must be in the same folder as the U-Net profile.
     """
-    if profile.method != "unet" or profile.source_dir is None:
-        raise ValueError("with_output_cdf needs a U-Net profile that was saved or loaded from a file")
-    out = Path(out_path)
-    if out.suffix != ".json":
-        out = out.with_name(out.name + ".json")
-    if out.parent.resolve() != profile.source_dir:
-        raise ValueError(
-            f"{out} must sit beside the U-Net profile (in {profile.source_dir}): they share weights"
-        )
+    out = _beside(profile, out_path, "with_output_cdf")
     target = profile.target_site or study.sites[0]
     subjects = list(study.subjects if train_subjects is None else train_subjects)
     refs = [_training_target(study, s, target) for s in subjects]
     ref = fit_cdf_reference([r.image / intensity_unit(r.image, r.mask) for r in refs], [r.mask for r in refs])
     params = {**profile.parameters, "output_cdf": ref.to_dict()}
-    prov = {**profile.provenance, "output_cdf_from": _provenance(study, refs)}
-    prof = HarmonizationProfile(
-        name or out.stem,
-        "unet",
-        params,
-        target,
-        prov,
-        weights_file=profile.weights_file,
-        weights_sha256=profile.weights_sha256,
-        description=profile.description + f"; output histogram then CDF-aligned to {target}",
-    )
-    save_profile(prof, out)
-    return load_profile(out)
+    return _derived(
+        profile, out, name, params, {"output_cdf_from": _provenance(study, refs)},
+        f"; output histogram then CDF-aligned to {target}",
+    )  # fmt: skip
+
+
+def with_site_contrast(
+    profile: HarmonizationProfile,
+    study: Study,
+    out_path: str | Path,
+    *,
+    sites: Sequence[str] | None = None,
+    subjects: Sequence[int] | None = None,
+    name: str | None = None,
+) -> HarmonizationProfile:
+    """A copy of a smooth-field U-Net ``profile`` with per-site contrast curves (harmonize.site_contrast).
+
+    Each site in ``sites`` (default: all of the study's) is calibrated from its scans of
+    ``subjects`` (default all; repeat 0, no pairing needed) after the profile's network and
+    median anchor; the target site must be among them unless the profile already holds
+    curves, which are then kept (and the named sites added or recalibrated). A site held
+    out of training can be calibrated this way, from its own scans alone. The copy shares
+    the weights file, so ``out_path`` must be in the same folder as the profile.
+    """
+
+    out = _beside(profile, out_path, "with_site_contrast")
+    if "output_scale" not in profile.parameters or "output_cdf" in profile.parameters:
+        raise ValueError(
+            "site contrast curves need a smooth-field U-Net profile (unet-gain, unet-fields) "
+            "without an output CDF"
+        )
+    names = list(study.sites if sites is None else sites)
+    unknown = set(names) - set(study.sites)
+    if unknown:
+        raise ValueError(f"sites {sorted(unknown)} are not in the study (sites: {study.sites})")
+    base_params = {k: v for k, v in profile.parameters.items() if k != "site_contrast"}
+    base = replace(profile, parameters=base_params)
+    by_site = {}
+    used = []
+    for site in names:
+        scans = study.select(subjects, [site], repeat=0)
+        if not scans:
+            raise ValueError(f"no scans of the calibration subjects at site {site!r}")
+        used += scans
+        by_site[site] = ([apply_learned(base, s.image, s.mask) for s in scans], [s.mask for s in scans])
+    existing = profile.parameters.get("site_contrast")
+    target = profile.target_site or study.sites[0]
+    if existing:
+        contrast = SiteContrast.from_dict(existing)
+        for site, (ims, mks) in by_site.items():
+            contrast = add_site(contrast, site, ims, mks)
+    else:
+        contrast = calibrate_sites(by_site, target)
+    params = {**base_params, "site_contrast": contrast.to_dict()}
+    return _derived(
+        profile, out, name, params, {"site_contrast_from": _provenance(study, used)},
+        f"; then one contrast curve per site ({', '.join(sorted(contrast.sites))}) onto {target}",
+    )  # fmt: skip

@@ -243,18 +243,28 @@ def scale_output(out: np.ndarray, mask: np.ndarray, scale: dict[str, Any]) -> np
     return (out * (float(scale["value"]) / level)).astype(np.float32)
 
 
-def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str | None = None) -> np.ndarray:
     """apply_profile's learned branch: the profile's U-Net on ``image`` (z, y, x) inside ``mask``.
 
     A profile with parameters["output_cdf"] (a CdfReference dict, target-site units) then
     warps the network's output histogram onto that reference (the "unet+cdf" variant). One
     with parameters["output_scale"] ({"statistic": "median", "value": v}) then multiplies the
-    output by one gain so that its in-mask median is v (the smooth-field variants).
+    output by one gain so that its in-mask median is v (the smooth-field variants). One with
+    parameters["site_contrast"] (harmonize.site_contrast) then maps the output through the
+    curve of ``site`` (the scanner the image comes from; unknown sites pass unchanged) and
+    re-applies the median anchor, so that the median stays pinned whatever the curve.
     """
     out = predict(_model_for(profile), image, mask)
     scale = profile.parameters.get("output_scale")
     if scale:
         out = scale_output(out, mask, scale)
+    contrast = profile.parameters.get("site_contrast")
+    if contrast:
+        from harmonize.site_contrast import SiteContrast, apply_site_contrast
+
+        out = apply_site_contrast(out, mask, SiteContrast.from_dict(contrast), site)
+        if scale:
+            out = scale_output(out, mask, scale)
     ref = profile.parameters.get("output_cdf")
     if ref:
         from harmonize.cdf import CdfReference, cdf_align

@@ -83,6 +83,10 @@ class HarmonizationProfile:
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"profile name must be a non-empty string, got {self.name!r}")
         _canonical(self.parameters)  # fail early on parameters JSON cannot hold (NaN, arrays)
+        if "site_contrast" in self.parameters:
+            from harmonize.site_contrast import SiteContrast
+
+            SiteContrast.from_dict(self.parameters["site_contrast"])  # one clear error at load
 
     @property
     def sha256(self) -> str:
@@ -208,11 +212,15 @@ def load_profile(name_or_path: str | Path) -> HarmonizationProfile:
     return prof
 
 
-def apply_profile(profile: HarmonizationProfile, image: object, mask: object | None = None) -> np.ndarray:
+def apply_profile(
+    profile: HarmonizationProfile, image: object, mask: object | None = None, site: str | None = None
+) -> np.ndarray:
     """Harmonize ``image`` (z, y, x) magnitude with ``profile``; returns float32 (z, y, x).
 
     mask: bool foreground (z, y, x); auto_mask(image) if None. Outside the mask the
-    output is exactly 0.
+    output is exactly 0. site: the scanner the image comes from (the MRD header's
+    stationName), used by learned profiles with per-site contrast curves
+    (harmonize.site_contrast); the other methods ignore it.
     """
     img = as_magnitude(image)
     m = check_mask(auto_mask(img) if mask is None else mask, img.shape)
@@ -236,4 +244,4 @@ def apply_profile(profile: HarmonizationProfile, image: object, mask: object | N
         return cdf_align(img, CdfReference.from_dict(p), m)
     from harmonize.learned import apply_learned
 
-    return apply_learned(profile, img, m)
+    return apply_learned(profile, img, m, site)

@@ -76,7 +76,11 @@ def minimal_header(seq, site: Site) -> mx.ismrmrdHeader:
 
 
 def with_site(header: mx.ismrmrdHeader, site: Site) -> mx.ismrmrdHeader:
-    """A copy of ``header`` with the site's receiver channels, field and Larmor frequency."""
+    """A copy of ``header`` with the site's receiver channels, field, Larmor frequency and name.
+
+    The site's name goes into ``stationName``, the scanner's identity by which per-site
+    harmonization curves are chosen (harmonize.site_contrast).
+    """
     h = copy.deepcopy(header)
     if h.acquisitionSystemInformation is None:
         h.acquisitionSystemInformation = mx.acquisitionSystemInformationType()
@@ -85,6 +89,7 @@ def with_site(header: mx.ismrmrdHeader, site: Site) -> mx.ismrmrdHeader:
     asi.systemFieldStrength_T = float(site.field_T)
     asi.systemVendor = site.vendor
     asi.systemModel = f"unisono virtual scanner ({site.name})"
+    asi.stationName = site.name
     if h.experimentalConditions is None:
         h.experimentalConditions = mx.experimentalConditionsType(H1resonanceFrequency_Hz=int(site.larmor_hz))
     else:

@@ -126,10 +126,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     f.set_defaults(handler=cmd_fit)
 
+    c = sub.add_parser(
+        "calibrate",
+        help="add per-site contrast curves to a smooth-field U-Net profile, from unpaired scans of each site",
+    )
+    c.add_argument("profile", help="unet-gain / unet-fields profile (.json path or shipped name)")
+    c.add_argument("--scans", required=True, help="study folder holding the sites' scans")
+    c.add_argument("--sites", help="sites to calibrate (default: all of the study's; the target among them)")
+    c.add_argument("--subjects", help="subjects whose scans calibrate, e.g. 1-12 (default all; unpaired)")
+    c.add_argument("-o", "--out", required=True, help="profile to write (.json, beside the input profile)")
+    c.add_argument("--name", help="profile name (default: file stem)")
+    c.set_defaults(handler=cmd_calibrate)
+
     a = sub.add_parser("apply", help="apply a profile to MRD images (.h5), NIfTI (.nii/.nii.gz) or .npy")
     a.add_argument("profile", help="profile name (shipped) or .json path")
     a.add_argument("input", help="input images")
     a.add_argument("-o", "--out", required=True, help="output file (same kind as the input)")
+    a.add_argument(
+        "--site",
+        help="scanner the images come from, for profiles with per-site contrast curves "
+        "(default: the MRD header's stationName; NIfTI/.npy: none)",
+    )
     a.set_defaults(handler=cmd_apply)
 
     e = sub.add_parser("evaluate", help="score raw and each method on held-out subjects and sites")
@@ -138,8 +155,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--methods",
         default="raw,zscore,whitestripe,nyul,cdf",
         help="comma-separated: raw, a method name (fitted here on the training subjects; unet-gain and "
-        "unet-fields too), unet+cdf (the U-Net followed by CDF alignment), or NAME=PROFILE for a fitted "
-        "profile file/shipped name",
+        "unet-fields too), unet+cdf (the U-Net followed by CDF alignment), unet-gain+sites / "
+        "unet-fields+sites (that variant with per-site contrast curves calibrated on the training "
+        "subjects' scans at every site, the held-out ones included, unpaired), or NAME=PROFILE for a "
+        "fitted profile file/shipped name",
     )
     e.add_argument("--test-subjects", help="held-out subjects (default: the second half)")
     e.add_argument("--heldout-sites", default=None, help="sites never used in fitting (default: the last)")
@@ -415,7 +434,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_mrd(prof, inp: Path, out: Path) -> int:
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from harmonize.fit import with_site_contrast
+    from harmonize.profile import load_profile
+    from harmonize.study import load_study
+
+    prof = load_profile(args.profile)
+    study = load_study(args.scans)
+    out = with_site_contrast(
+        prof,
+        study,
+        args.out,
+        sites=_str_list(args.sites) if args.sites else None,
+        subjects=_int_list(args.subjects) if args.subjects else None,
+        name=args.name,
+    )
+    curves = out.parameters["site_contrast"]["sites"]
+    counts = ", ".join(f"{k} ({v['n_images']} scans)" for k, v in sorted(curves.items()))
+    print(f"profile {out.name} sha256 {out.sha256}: contrast curves for {counts} -> {Path(args.out)}")
+    return 0
+
+
+def _apply_mrd(prof, inp: Path, out: Path, site: str | None) -> int:
     import ismrmrd
     import numpy as np
 
@@ -429,12 +469,16 @@ def _apply_mrd(prof, inp: Path, out: Path) -> int:
         header = read_header(inp)
     except Exception:  # an image-only file may carry no XML header
         header = None
+    if site is None:
+        from gadgets.harmonization import station_name
+
+        site = station_name(header)
     outs = []
     for img in images:
         data = np.asarray(img.data)  # (channel, z, y, x)
         if data.shape[0] != 1:
             raise ValueError(f"harmonize needs coil-combined images (1 channel), got {data.shape[0]}")
-        res = apply_profile(prof, np.abs(data[0]))[None]
+        res = apply_profile(prof, np.abs(data[0]), site=site)[None]
         new = ismrmrd.Image.from_array(res.astype(np.float32), transpose=False)
         head = img.getHead()
         head.data_type = new.data_type
@@ -461,7 +505,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"input {inp} does not exist")
     name = inp.name.lower()
     if name.endswith((".h5", ".mrd")):
-        n = _apply_mrd(prof, inp, out)
+        n = _apply_mrd(prof, inp, out, args.site)
     elif name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
@@ -470,7 +514,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if vol.ndim not in (2, 3):
             raise ValueError(f"NIfTI input must be 2-D or 3-D, got shape {vol.shape}")
         zyx = vol.T if vol.ndim == 3 else vol.T[None]
-        res = apply_profile(prof, zyx)
+        res = apply_profile(prof, zyx, site=args.site)
         res = res.T if vol.ndim == 3 else res[0].T
         hdr = nii.header.copy()
         hdr.set_data_dtype(np.float32)
@@ -478,7 +522,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         nib.save(nib.Nifti1Image(res, nii.affine, hdr), str(out))
         n = 1
     elif name.endswith(".npy"):
-        np.save(out, apply_profile(prof, np.load(inp)))
+        np.save(out, apply_profile(prof, np.load(inp), site=args.site))
         n = 1
     else:
         raise ValueError(f"input must be MRD (.h5), NIfTI (.nii, .nii.gz) or .npy, got {inp.name}")
@@ -598,12 +642,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             base = profiles["unet"] if "unet" in profiles else fit("unet")  # a given unet=PROFILE too
             profiles[item] = with_output_cdf(base, study, fit_dir / "unet-cdf.json", train_subjects=train)
+        elif item.endswith("+sites") and item.removesuffix("+sites") in LEARNED_VARIANTS:
+            from harmonize.fit import with_site_contrast
+
+            variant = item.removesuffix("+sites")
+            base = profiles[variant] if variant in profiles else fit(variant)
+            # every site of the study, the held-out ones too: calibration needs no pairs
+            profiles[item] = with_site_contrast(
+                base, study, fit_dir / f"{variant}-sites.json", subjects=train
+            )
         elif item in METHODS or item in LEARNED_VARIANTS:
             fit(item)
         else:
             raise ValueError(
                 f"--methods item {item!r} must be raw, one of {METHODS + tuple(LEARNED_VARIANTS)}, "
-                "unet+cdf or NAME=PROFILE"
+                "unet+cdf, unet-gain+sites, unet-fields+sites or NAME=PROFILE"
             )
     result = evaluate_study(
         study, profiles, test_subjects=test, heldout_sites=heldout, keep_images=bool(args.plots)
