@@ -115,9 +115,10 @@ def test_cli_errors_are_one_sentence(study_dir, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("profile", ["default", "unet", "unet-gain"])
+@pytest.mark.parametrize("profile", ["default", "unet", "unet-gain", "unet-gain-sites"])
 def test_gadget_output_on_a_stream_equals_apply(profile):
-    """The harmonize gadget in the real chain gives what `apply_profile` gives on the unharmonized image."""
+    """The harmonize gadget in the real chain gives what `apply_profile` gives on the unharmonized image,
+    with the site named by the header's stationName (which picks a per-site contrast curve)."""
     import ismrmrd
     import torch
 
@@ -136,11 +137,16 @@ def test_gadget_output_on_a_stream_equals_apply(profile):
     harm = run_chain(chain, hdr, acqs)
     prof = load_profile(profile)
     assert len(plain) == len(harm) == 1
-    expected = apply_profile(prof, np.abs(np.asarray(plain[0].data))[0])
+    assert hdr.acquisitionSystemInformation.stationName == "siteB"
+    expected = apply_profile(prof, np.abs(np.asarray(plain[0].data))[0], site="siteB")
     np.testing.assert_allclose(np.asarray(harm[0].data)[0], expected, rtol=1e-5, atol=1e-5)
     meta = ismrmrd.Meta.deserialize(harm[0].attribute_string)
     assert meta["unisono.harmonization"] == profile
     assert meta["unisono.harmonization_sha256"] == prof.sha256
+    if "site_contrast" in prof.parameters:
+        assert meta["unisono.harmonization_site"] == "siteB"
+        unmapped = apply_profile(prof, np.abs(np.asarray(plain[0].data))[0])
+        assert not np.allclose(np.asarray(harm[0].data)[0], unmapped, rtol=1e-3, atol=1e-3)
 
 
 def test_study_runs_the_real_pipeline(tmp_path):

@@ -1,0 +1,162 @@
+"""Per-site contrast curves: recovered from unpaired scans, one curve per scanner, profile and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from harmonize import apply_profile, load_profile
+from harmonize.fit import fit_profile, with_site_contrast
+from harmonize.learned import TrainingConfig
+from harmonize.profile import HarmonizationProfile
+from harmonize.site_contrast import (
+    SiteContrast,
+    add_site,
+    apply_site_contrast,
+    calibrate_sites,
+)
+from harmonize.study import synthetic_study
+from harmonize.unet import UNetConfig
+from unisono.cli import main
+
+SHAPE = (1, 48, 48)
+
+
+def _subject(seed: int, csf_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """A target-site image with tissue levels CSF 0.2, GM 0.6, WM 1.0 and a CSF share, and its mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:48, :48]
+    mask = ((yy - 23.5) ** 2 + (xx - 23.5) ** 2 < 20**2)[None]
+    u = rng.random(SHAPE)
+    levels = np.where(u < csf_share, 0.2, np.where(u < csf_share + 0.4, 0.6, 1.0))
+    image = levels + 0.01 * rng.standard_normal(SHAPE)
+    return np.where(mask, image, 0).astype(np.float32), mask
+
+
+def _site_b(image: np.ndarray) -> np.ndarray:
+    """What scanner B does to intensities: a gain and a contrast exponent (monotone)."""
+    return (2.0 * np.clip(image, 0, None) ** 1.4).astype(np.float32)
+
+
+def _readout(image: np.ndarray, mask: np.ndarray) -> float:
+    v = image[mask]
+    return 1.0 - v.mean() / np.percentile(v, 95)
+
+
+def test_unpaired_calibration_recovers_a_known_scanner_map():
+    # calibration subjects differ between the sites: no pairs, only each site's own scans
+    cal_a = [_subject(s, 0.1 + 0.02 * s) for s in range(8)]
+    cal_b = [_subject(100 + s, 0.1 + 0.02 * s) for s in range(8)]
+    contrast = calibrate_sites(
+        {"A": ([i for i, _ in cal_a], [m for _, m in cal_a]),
+         "B": ([_site_b(i) for i, _ in cal_b], [m for _, m in cal_b])},
+        "A",
+    )  # fmt: skip
+    truth, mask = _subject(999, 0.2)
+    at_b = _site_b(truth)
+    mapped = apply_site_contrast(at_b, mask, contrast, "B")
+    err = np.abs(mapped - truth)[mask].mean()
+    assert err < 0.02 < np.abs(at_b - truth)[mask].mean()
+    assert np.all(mapped[~mask] == 0) and mapped.dtype == np.float32
+    # the target's own curve is the identity; an unknown site passes unchanged
+    np.testing.assert_allclose(apply_site_contrast(truth, mask, contrast, "A"), truth, atol=1e-6)
+    np.testing.assert_array_equal(apply_site_contrast(at_b, mask, contrast, "Z"), at_b)
+    np.testing.assert_array_equal(apply_site_contrast(at_b, mask, contrast, None), at_b)
+
+
+def test_one_curve_per_site_keeps_what_differs_between_subjects():
+    """Two subjects at one site keep their CSF difference; per-image histogram matching would erase it."""
+    cal = [_subject(s, 0.1 + 0.02 * s) for s in range(8)]
+    contrast = calibrate_sites(
+        {
+            "A": ([i for i, _ in cal], [m for _, m in cal]),
+            "B": ([_site_b(i) for i, _ in cal], [m for _, m in cal]),
+        },
+        "A",
+    )
+    (young, m1), (atrophied, m2) = _subject(50, 0.10), _subject(51, 0.30)
+    before = _readout(atrophied, m2) - _readout(young, m1)
+    after = _readout(apply_site_contrast(_site_b(atrophied), m2, contrast, "B"), m2) - _readout(
+        apply_site_contrast(_site_b(young), m1, contrast, "B"), m1
+    )
+    assert before > 0.1
+    assert after == pytest.approx(before, rel=0.1)
+
+
+def test_site_table_round_trips_and_rejects_bad_input():
+    cal = [_subject(s, 0.2) for s in range(3)]
+    table = calibrate_sites({"A": ([i for i, _ in cal], [m for _, m in cal])}, "A", percentiles=(5, 50, 95))
+    assert SiteContrast.from_dict(json.loads(json.dumps(table.to_dict()))) == table
+    grown = add_site(table, "C", [_site_b(i) for i, _ in cal], [m for _, m in cal])
+    assert grown.sites["A"] == table.sites["A"] and grown.sites["C"].n_images == 3
+    with pytest.raises(ValueError, match="target site 'A'"):
+        calibrate_sites({"B": ([cal[0][0]], [cal[0][1]])}, "A")
+    with pytest.raises(ValueError, match="percentiles must increase"):
+        SiteContrast("A", (50, 5), table.sites)
+    with pytest.raises(ValueError, match="site_contrast must be"):
+        SiteContrast.from_dict({"target_site": "A"})
+    bad = {**table.to_dict(), "sites": {"A": {"quantiles": [3, 2, 1], "n_images": 1}}}
+    with pytest.raises(ValueError, match="non-decreasing"):
+        HarmonizationProfile("x", "unet", {"site_contrast": bad})
+
+
+@pytest.fixture(scope="module")
+def gain_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sites")
+    study = synthetic_study(range(4), ("A", "B", "C"), SHAPE)
+    cfg = TrainingConfig(iterations=2, batch_size=2, unet=UNetConfig(base_channels=4, depth=2))
+    fit_profile("unet-gain", study, out / "g.json", target_site="A", train_sites=["A", "B"],
+                train_subjects=[0, 1], training=cfg)  # fmt: skip
+    return study, load_profile(out / "g.json"), out
+
+
+def test_calibrated_profile_maps_each_site_and_adds_a_held_out_one(gain_profile):
+    study, prof, out = gain_profile
+    ab = with_site_contrast(prof, study, out / "g-ab.json", sites=["A", "B"], subjects=[0, 1])
+    assert sorted(ab.parameters["site_contrast"]["sites"]) == ["A", "B"]
+    assert ab.weights_sha256 == prof.weights_sha256
+    # the held-out site joins later from its own scans; the others' curves are kept
+    abc = with_site_contrast(ab, study, out / "g-abc.json", sites=["C"], subjects=[2, 3])
+    curves = abc.parameters["site_contrast"]["sites"]
+    assert curves["A"] == ab.parameters["site_contrast"]["sites"]["A"] and curves["C"]["n_images"] == 2
+    scan = study.get(3, "C")
+    plain = apply_profile(prof, scan.image, scan.mask)
+    mapped = apply_profile(abc, scan.image, scan.mask, site="C")
+    assert not np.allclose(mapped, plain)
+    np.testing.assert_array_equal(apply_profile(abc, scan.image, scan.mask, site="elsewhere"), plain)
+    # the median anchor holds after the curve
+    assert np.median(mapped[scan.mask]) == pytest.approx(np.median(plain[scan.mask]), rel=1e-5)
+    assert abc.provenance["site_contrast_from"]["train_sites"] == ["C"]
+
+
+def test_calibration_needs_a_smooth_field_profile(gain_profile, tmp_path):
+    study, prof, out = gain_profile
+    cfg = TrainingConfig(iterations=1, batch_size=2, unet=UNetConfig(base_channels=4, depth=2))
+    residual = fit_profile("unet", study, out / "r.json", target_site="A", train_subjects=[0], training=cfg)
+    with pytest.raises(ValueError, match="smooth-field U-Net"):
+        with_site_contrast(residual, study, out / "r-sites.json")
+    with pytest.raises(ValueError, match="not in the study"):
+        with_site_contrast(prof, study, out / "x.json", sites=["Q"])
+    with pytest.raises(ValueError, match="must sit beside"):
+        with_site_contrast(prof, study, tmp_path / "x.json")
+
+
+def test_calibrate_and_apply_from_the_command_line(tmp_path):
+    study_dir = tmp_path / "study"
+    assert main(["harmonize", "study", "--synthetic", "--subjects", "3", "--sites", "A,B", "--matrix", "32",
+                 "-o", str(study_dir)]) == 0  # fmt: skip
+    prof = tmp_path / "g.json"
+    assert main(["harmonize", "fit", "--method", "unet-gain", "--train", str(study_dir), "--target-site", "A",
+                 "--iterations", "2", "-o", str(prof)]) == 0  # fmt: skip
+    cal = tmp_path / "g-sites.json"
+    assert main(["harmonize", "calibrate", str(prof), "--scans", str(study_dir), "--subjects", "0-1",
+                 "-o", str(cal)]) == 0  # fmt: skip
+    loaded = load_profile(cal)
+    assert sorted(loaded.parameters["site_contrast"]["sites"]) == ["A", "B"]
+    img = np.load(study_dir / "sub-002_site-B_rep-0.npz")["image"]
+    np.save(tmp_path / "in.npy", img)
+    assert main(["harmonize", "apply", str(cal), str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"),
+                 "--site", "B"]) == 0  # fmt: skip
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), apply_profile(loaded, img, site="B"))
