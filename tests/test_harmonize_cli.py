@@ -98,11 +98,19 @@ def test_fit_and_evaluate_the_smooth_field_variants(study_dir, tmp_path, capsys)
     assert prof.method == "unet" and prof.parameters["unet"]["output"] == "gain"
     assert (tmp_path / "g.pt").is_file()
     capsys.readouterr()
-    assert main(["harmonize", "evaluate", str(study_dir), "--methods", "raw,unet-fields", "--iterations", "2",
-                 "--json"]) == 0  # fmt: skip
+    assert main(["harmonize", "evaluate", str(study_dir), "--methods", "raw,unet-fields,unet-gain+sites",
+                 "--iterations", "2", "--json"]) == 0  # fmt: skip
     res = json.loads(capsys.readouterr().out)
-    assert set(res["methods"]) == {"raw", "unet-fields"}
+    assert set(res["methods"]) == {
+        "raw",
+        "unet-fields",
+        "unet-gain",
+        "unet-gain+sites",
+    }  # the base is scored too
     assert 0 < res["methods"]["unet-fields"]["structure"] <= 1
+    # the held-out site C is calibrated too, from the training subjects' scans
+    sites = load_profile(study_dir / "profiles" / "unet-gain-sites.json").parameters["site_contrast"]["sites"]
+    assert sorted(sites) == ["A", "B", "C"] and sites["C"]["n_images"] == 3
 
 
 def test_cli_errors_are_one_sentence(study_dir, capsys):
@@ -216,7 +224,15 @@ def test_benchmark_reports_every_method():
     from harmonize.benchmark import run_benchmark
 
     res = run_benchmark(size=64, repeats=1)
-    assert set(res["methods"]) == {"zscore", "whitestripe", "nyul", "cdf", "unet", "unet-gain"}
+    assert set(res["methods"]) == {
+        "zscore",
+        "whitestripe",
+        "nyul",
+        "cdf",
+        "unet",
+        "unet-gain",
+        "unet-gain-sites",
+    }
     assert res["methods"]["unet-gain"]["profile"] == "unet-gain"  # the shipped profile is timed
     for v in res["methods"].values():
         assert v["median_s"] > 0 and len(v["profile_sha256"]) == 64

@@ -26,10 +26,10 @@ DEFAULT_SITES = ("siteA", "siteB")
 #: protocol overrides (protocol file units: ms, degrees, counts): the T1-weighted FLASH-like
 #: gre2d of the traveling-subject study that the shipped learned profile was trained on
 DEMO_PROTOCOL = dict(STUDY_SEQUENCE_DEFAULTS)
-#: the learned profile (a U-Net predicting a smooth gain field, docs/harmonization.md), trained on
-#: simulated traveling subjects of that protocol at 64 x 64 with siteA as the target; subject 0 of
-#: the demo was not among its training subjects
-DEMO_PROFILE = "unet-gain"
+#: the learned profile (a U-Net predicting a smooth gain field, then one contrast curve per
+#: scanner, docs/harmonization.md), trained on simulated traveling subjects of that protocol at
+#: 64 x 64 with siteA as the target; subject 0 of the demo was not among its training subjects
+DEMO_PROFILE = "unet-gain-sites"
 DEMO_MATRIX = 64
 
 
