@@ -57,13 +57,7 @@ def _scan(
     ``guard`` phantom slices (of the slice's thickness) lie on each side of the imaged one."""
     built = sequences.build_protocol("gre2d", overrides=settings.overrides())
     header = simulator.with_site(built.header, site)
-    if guard:
-        phantom = simulator.brain_phantom(
-            field_T=site.field_T, fov_m=float(built.params["fov"]), matrix=int(built.params["matrix"]),
-            slice_thickness_m=float(built.params["slice_thickness"]), n_slices=1 + 2 * guard,
-        )  # fmt: skip
-    else:
-        phantom = make_phantom("brain", built, site, 0)
+    phantom = make_phantom("brain", built, site, 0, extra_slices=guard)
     spy = _PoseSpy(motion) if motion is not None else None
 
     def feedback():

@@ -208,8 +208,12 @@ def parse_server(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def make_phantom(kind: str, built, site, subject: int):
-    """The phantom named on the command line, on the protocol's grid and at the site's field."""
+def make_phantom(kind: str, built, site, subject: int, extra_slices: int = 0):
+    """The phantom named on the command line, on the protocol's grid and at the site's field.
+
+    extra_slices: phantom slices added on each side of the protocol's slices, so that tissue
+    moving through the slice plane (a nod) is replaced by tissue, not by nothing.
+    """
     from simulator.phantom_spec import phantom_from_spec
 
     matrix = int(built.params.get("matrix", 128))
@@ -217,7 +221,7 @@ def make_phantom(kind: str, built, site, subject: int):
         fov_m=float(built.params["fov"]),
         matrix=matrix,
         slice_thickness_m=float(built.params.get("slice_thickness", 0.005)),
-        n_slices=int(built.params.get("n_slices", 1)),
+        n_slices=int(built.params.get("n_slices", 1)) + 2 * extra_slices,
     )
     return phantom_from_spec(kind, field_T=site.field_T, subject=subject, **geometry)
 
