@@ -4,7 +4,10 @@ A thin adapter over :mod:`recon.registration`: it picks the navigator readouts
 (``ACQ_IS_NAVIGATION_DATA``, ``SEG`` = axis: 0 = x projection, 1 = y) out of
 the stream, keeps the first complete pair as the reference, and after every
 later pair emits one feedback text message (:mod:`gadgets.feedback`) before
-passing the navigator on. Everything it receives goes on unchanged, so it can
+passing the navigator on. Orbital navigators (header ``unisono.navigator``) are
+read the same way: ``orbital`` (one in-plane orbit: tx, ty, rz) or ``orbital-3plane``
+(SEG 0, 1, 2 = orbits in the xy, yz and zx planes: all six parameters), estimated
+when a navigator's last orbit arrives. Everything it receives goes on unchanged, so it can
 sit anywhere before the accumulation; put it first for the shortest latency.
 
 Under prospective correction a navigator sees only the residual motion r; the
@@ -22,6 +25,7 @@ through-plane motion the two projection navigators cannot.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,7 +45,13 @@ from gadgets.feedback import (
     rotation_matrix,
 )
 from recon.fft import ifftnc
-from recon.registration import fixed_receive_field, orbital_pose, projection_shift, register_rigid
+from recon.registration import (
+    fixed_receive_field,
+    orbital_pose,
+    orbital_pose_3plane,
+    projection_shift,
+    register_rigid,
+)
 
 __all__ = ["motion_estimation", "TIME_TICK_S"]
 
@@ -53,6 +63,9 @@ _METHODS = ("navigator", "image")
 #: which of (tx, ty, tz, rx, ry, rz) each navigator determines
 _PAIR_OBSERVED = (True, True, False, False, False, False)
 _ORBITAL_OBSERVED = (True, True, False, False, False, True)
+_ORBITAL_3PLANE_OBSERVED = (True,) * 6
+#: header tag (userParameterString "unisono.navigator") of each orbital navigator -> its orbits
+_ORBITAL_TAGS = {"orbital": 1, "orbital-3plane": 3}
 
 
 @dataclass
@@ -126,7 +139,7 @@ def motion_estimation(
                 f"stream has {n_slices} slices (use method 'navigator')"
             )
     state = _NavState()
-    orbit_radius = _orbit_radius(connection.header)
+    orbital = _orbital_navigator(connection.header)
     images: dict[int, dict[tuple[int, int], np.ndarray]] = {}  # repetition -> (line, partition) -> data
     reference_image: tuple[torch.Tensor, tuple[float, ...], tuple[np.ndarray, np.ndarray]] | None = None
     reference_image_s: float | None = None
@@ -186,11 +199,20 @@ def motion_estimation(
             continue
         if method == "navigator" and item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
             axis = int(item.idx.segment)
-            if orbit_radius is not None:
-                estimate_and_send(
-                    item, t_in, lambda item=item: _orbital(state, item, orbit_radius, reference_pair),
-                    _ORBITAL_OBSERVED, "navigator-orbital",
-                )  # fmt: skip
+            if orbital is not None:
+                n_orbits = orbital[1]
+                if axis == 0:
+                    state.latest.clear()  # a navigator starts: drop an incomplete one
+                state.latest[axis] = item
+                # a navigator is complete with its last orbit
+                if axis == n_orbits - 1 and len(state.latest) == n_orbits:
+                    orbits = [state.latest[i] for i in range(n_orbits)]
+                    state.latest.clear()
+                    estimate_and_send(
+                        item, t_in, functools.partial(_orbital, state, orbits, orbital[0], reference_pair),
+                        _ORBITAL_OBSERVED if n_orbits == 1 else _ORBITAL_3PLANE_OBSERVED,
+                        "navigator-orbital" if n_orbits == 1 else "navigator-orbital-3plane",
+                    )  # fmt: skip
             elif axis in (0, 1):
                 state.latest[axis] = item
                 # a pair is complete when its y projection (played after x) arrives
@@ -271,39 +293,49 @@ def _relative_to_reference(
     return head_t, head_r
 
 
-def _orbit_radius(header: Any) -> float | None:
-    """The orbital navigator's k radius (1/m) when the header announces one, else None."""
+def _orbital_navigator(header: Any) -> tuple[float, int] | None:
+    """(k radius 1/m, orbits per navigator) when the header announces an orbital navigator, else None."""
     up = getattr(header, "userParameters", None)
     strings = {p.name: p.value for p in (getattr(up, "userParameterString", None) or [])}
-    if strings.get("unisono.navigator") != "orbital":
+    tag = strings.get("unisono.navigator")
+    if tag not in _ORBITAL_TAGS:
         return None
     doubles = {p.name: p.value for p in (getattr(up, "userParameterDouble", None) or [])}
     radius = doubles.get("navigator_orbital_radius_per_m")
     if radius is None or not float(radius) > 0:
         raise ValueError(
-            "header says unisono.navigator = 'orbital' but userParameterDouble "
+            f"header says unisono.navigator = {tag!r} but userParameterDouble "
             f"navigator_orbital_radius_per_m is {radius!r}; it must be the orbit's k radius > 0 (1/m)"
         )
-    return float(radius)
+    return float(radius), _ORBITAL_TAGS[tag]
 
 
 def _orbital(
-    state: _NavState, acq: ismrmrd.Acquisition, radius: float, reference_pair: int
+    state: _NavState, orbits: list[ismrmrd.Acquisition], radius: float, reference_pair: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Head pose (translation mm, rotation deg) from one orbital navigator; None until the
-    reference exists (navigator number ``reference_pair``)."""
+    """Head pose (translation mm, rotation deg) from one orbital navigator (its orbits in SEG
+    order: one in-plane, or three orthogonal); None until the reference exists (navigator
+    number ``reference_pair``)."""
     state.pairs_seen += 1
-    data = torch.from_numpy(np.asarray(acq.data))
+    data = [torch.from_numpy(np.asarray(acq.data)) for acq in orbits]
+    last = orbits[-1]
     if not state.reference:
         if state.pairs_seen <= reference_pair:
             return None
-        state.reference[0] = data
-        state.reference_pose = applied_pose(acq)[:2]
-        state.reference_time_s = int(acq.acquisition_time_stamp) * TIME_TICK_S
+        state.reference = dict(enumerate(data))
+        state.reference_pose = applied_pose(last)[:2]
+        state.reference_time_s = int(last.acquisition_time_stamp) * TIME_TICK_S
         return None
-    tx, ty, rz = orbital_pose(data, state.reference[0], radius)
-    # encoded in the frame the scanner applied: head = applied ∘ residual
-    head_t, head_r = compose(applied_pose(acq)[:2], (np.array([tx, ty, 0.0]), np.array([0.0, 0.0, rz])))
+    refs = [state.reference[i] for i in range(len(data))]
+    if len(data) == 1:
+        tx, ty, rz = orbital_pose(data[0], refs[0], radius)
+        residual = (np.array([tx, ty, 0.0]), np.array([0.0, 0.0, rz]))
+    else:
+        t, r = orbital_pose_3plane(data, refs, radius)
+        residual = (np.asarray(t), np.asarray(r))
+    # encoded in the frame the scanner applied (the same for all orbits of one excitation):
+    # head = applied ∘ residual
+    head_t, head_r = compose(applied_pose(last)[:2], residual)
     return _relative_to_reference(state, np.asarray(head_t), np.asarray(head_r))
 
 

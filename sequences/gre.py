@@ -50,7 +50,7 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence, achieved_params
 from sequences.header import EncodingInfo, protocol_header
-from sequences.navigator import ORBIT_RADIUS, make_navigator, make_orbital_navigator
+from sequences.navigator import ORBIT_RADIUS, THREE_PLANES, make_navigator, make_orbital_navigator
 from sequences.systems import SystemProfile
 
 #: golden angle for 2D radial sampling [rad] (180 deg / golden ratio)
@@ -142,8 +142,11 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
     nav = None
     if nav_every:
         rf = (p["navigator_flip_angle"], p["rf_duration"], p["rf_time_bandwidth"], p["rf_dwell"], thickness)
-        if p.get("navigator_type", "projection") == "orbital":
+        kind_nav = p.get("navigator_type", "projection")
+        if kind_nav == "orbital":
             nav = make_orbital_navigator(system, ORBIT_RADIUS, *rf)
+        elif kind_nav == "orbital3":
+            nav = make_orbital_navigator(system, ORBIT_RADIUS, *rf, planes=THREE_PLANES)
         else:
             nav = make_navigator(system, ro, *rf)
 
@@ -191,7 +194,11 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
             seq.add_block(tr_delay)
 
     for counters, freq in slice_passes(p, z_pos, exc.grad.amplitude):
-        for _ in range(p["dummy_scans"]):
+        for d in range(p["dummy_scans"]):
+            # the navigator plays in the dummy TRs too (no ADC): the steady state its reference
+            # sees must include its own excitations
+            if nav is not None and d % nav_every == 0:
+                nav.add_to(seq, freq, counters, acquire=False)
             one_tr(freq, lines[0], None)
         for i, line in enumerate(lines):
             if nav is not None and i % nav_every == 0:

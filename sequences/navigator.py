@@ -72,8 +72,11 @@ class Navigator:
         per_axis = self.exc.duration + self.pre_duration + self.readout.duration + self.spoil_duration
         return len(AXES) * per_axis
 
-    def add_to(self, seq: pp.Sequence, freq_offset: float, counters: dict[str, int]) -> None:
-        """Append the navigator blocks for the slice at ``freq_offset`` [Hz] with SLC/AVG/REP ``counters``."""
+    def add_to(
+        self, seq: pp.Sequence, freq_offset: float, counters: dict[str, int], acquire: bool = True
+    ) -> None:
+        """Append the navigator blocks for the slice at ``freq_offset`` [Hz] with SLC/AVG/REP ``counters``;
+        ``acquire=False`` plays it without ADC (during the dummy TRs)."""
         ro = self.readout
         for axis_index, axis in enumerate(AXES):
             seq.add_block(
@@ -83,8 +86,11 @@ class Navigator:
             reph = trap_with_duration("z", self.exc.rephase_area, self.pre_duration, self.system)
             seq.add_block(pre, reph)
             grad = scaled_trap(ro.grad, 1.0, channel=axis)
-            lab = labels(nav=True, seg=axis_index, **counters)
-            seq.add_block(grad, ro.adc, pp.make_delay(ro.duration), *lab)
+            if acquire:
+                lab = labels(nav=True, seg=axis_index, **counters)
+                seq.add_block(grad, ro.adc, pp.make_delay(ro.duration), *lab)
+            else:
+                seq.add_block(grad, pp.make_delay(ro.duration))
             tail = ro.grad.area - ro.area_to_center
             rew = trap_with_duration(axis, -tail, self.spoil_duration, self.system)
             spoil = trap_with_duration("z", self.spoil_z, self.spoil_duration, self.system)
@@ -128,27 +134,62 @@ ORBIT_RADIUS = 60.0
 #: samples on the orbit and their dwell: 128 x 10 us, one full turn in 1.28 ms
 ORBIT_SAMPLES = 128
 ORBIT_DWELL = 10e-6
+#: the in-plane orbit: (first, second) gradient axis; the orbit turns from the first towards the
+#: second, so its magnitude profile turns with a rotation about the third axis
+IN_PLANE = (("x", "y"),)
+#: the three-plane navigator's orbits, SEG 0, 1, 2 (Ward et al., MRM 2000): x->y sees rz,
+#: y->z sees rx, z->x sees ry (right-handed), and each plane two of the translations
+THREE_PLANES = (("x", "y"), ("y", "z"), ("z", "x"))
+#: the three-plane navigator's non-selective hard pulse (s): 10 deg needs ~3.3 uT
+HARD_PULSE_DURATION = 0.2e-3
+
+
+@dataclass(frozen=True)
+class Orbit:
+    """One circular readout in the plane of ``axes``: prephaser (k from the centre to the orbit's
+    angle 0), the turning gradients with the ADC, and the rewinder back to the centre (with the
+    navigator's slice-axis spoiler after the last orbit). Durations in s."""
+
+    axes: tuple[str, str]
+    prephaser: tuple[SimpleNamespace, ...]
+    orbit: tuple[SimpleNamespace, ...]  # the two turning gradients and the ADC
+    rewinder: tuple[SimpleNamespace, ...]
+    pre_duration: float
+    readout_duration: float
+    rewind_duration: float
+
+    @property
+    def duration(self) -> float:
+        return self.pre_duration + self.readout_duration + self.rewind_duration
 
 
 @dataclass(frozen=True)
 class OrbitalNavigator:
-    """A built orbital navigator: excitation, prephaser, circular readout and rewinder.
+    """A built orbital navigator: one excitation, then one :class:`Orbit` per plane (SEG 0, 1, ...).
 
-    The gradient and ADC events are built once (:func:`make_orbital_navigator`) and played
-    by every :meth:`add_to`; ``radius`` is the orbit's k radius (1/m), durations in s.
+    In-plane (``planes`` = :data:`IN_PLANE`): a small-flip excitation of the current slice and
+    one orbit in the slice plane (tx, ty, rz). Three-plane (:data:`THREE_PLANES`): a
+    non-selective hard pulse, so that the orbits outside the slice plane see the head's extent
+    along z, then three orthogonal orbits (all six rigid parameters). The events are built once
+    (:func:`make_orbital_navigator`) and played by every :meth:`add_to`; ``radius`` is the
+    orbit's k radius (1/m), durations in s.
     """
 
-    exc: SliceExcitation
-    prephaser: tuple[SimpleNamespace, ...]
-    orbit: tuple[SimpleNamespace, ...]  # gx, gy and the ADC
-    rewinder: tuple[SimpleNamespace, ...]
+    exc: SliceExcitation | None  # the slice-selective excitation, or
+    hard_pulse: SimpleNamespace | None  # the non-selective one
+    exc_duration: float
+    orbits: tuple[Orbit, ...]
     radius: float
-    pre_duration: float
-    readout_duration: float
-    spoil_duration: float
 
-    n_segments = 1
-    header_tag = "orbital"
+    @property
+    def n_segments(self) -> int:
+        """Readouts per navigator, labelled SEG 0.. in the order of the planes."""
+        return len(self.orbits)
+
+    @property
+    def header_tag(self) -> str:
+        """The navigator's name in the MRD header (userParameterString "unisono.navigator")."""
+        return "orbital" if len(self.orbits) == 1 else "orbital-3plane"
 
     def header_doubles(self) -> dict[str, float]:
         """What the MRD header's userParameterDouble records about this navigator."""
@@ -157,42 +198,47 @@ class OrbitalNavigator:
     @property
     def duration(self) -> float:
         """Total time one navigator adds to the sequence [s]."""
-        return self.exc.duration + self.pre_duration + self.readout_duration + self.spoil_duration
+        return self.exc_duration + sum(o.duration for o in self.orbits)
 
-    def add_to(self, seq: pp.Sequence, freq_offset: float, counters: dict[str, int]) -> None:
-        """Append the navigator blocks for the slice at ``freq_offset`` [Hz] with SLC/AVG/REP ``counters``."""
-        seq.add_block(place_rf(self.exc, freq_offset, 0.0), self.exc.grad, pp.make_delay(self.exc.duration))
-        seq.add_block(*self.prephaser, pp.make_delay(self.pre_duration))
-        lab = labels(nav=True, seg=0, **counters)
-        seq.add_block(*self.orbit, pp.make_delay(self.readout_duration), *lab)
-        seq.add_block(*self.rewinder, pp.make_delay(self.spoil_duration))
+    def add_to(
+        self, seq: pp.Sequence, freq_offset: float, counters: dict[str, int], acquire: bool = True
+    ) -> None:
+        """Append the navigator blocks for the slice at ``freq_offset`` [Hz] with SLC/AVG/REP ``counters``
+        (a non-selective excitation ignores the slice's frequency offset); ``acquire=False`` plays
+        it without ADC (during the dummy TRs)."""
+        if self.exc is not None:
+            seq.add_block(
+                place_rf(self.exc, freq_offset, 0.0), self.exc.grad, pp.make_delay(self.exc_duration)
+            )
+        else:
+            seq.add_block(self.hard_pulse, pp.make_delay(self.exc_duration))
+        for seg, o in enumerate(self.orbits):
+            seq.add_block(*o.prephaser, pp.make_delay(o.pre_duration))
+            if acquire:
+                seq.add_block(
+                    *o.orbit, pp.make_delay(o.readout_duration), *labels(nav=True, seg=seg, **counters)
+                )
+            else:
+                seq.add_block(*o.orbit[:2], pp.make_delay(o.readout_duration))
+            seq.add_block(*o.rewinder, pp.make_delay(o.rewind_duration))
 
 
-def _in_plane_traps(z_area: float, area: complex, duration: float, system: SystemProfile) -> tuple:
-    """A z trapezoid and the x, y trapezoids of ``area`` (x + i y, 1/m) that are not empty."""
-    traps = [trap_with_duration("z", z_area, duration, system)]
-    for axis, a in (("x", area.real), ("y", area.imag)):
-        if abs(a) > 1e-9:
-            traps.append(trap_with_duration(axis, a, duration, system))
-    return tuple(traps)
+def _traps(areas: dict[str, float], duration: float, system: SystemProfile) -> tuple:
+    """Trapezoids of the given areas (1/m) per axis, all ``duration`` long; empty ones left out."""
+    return tuple(trap_with_duration(axis, a, duration, system) for axis, a in areas.items() if abs(a) > 1e-9)
 
 
-def make_orbital_navigator(
-    system: SystemProfile,
-    radius: float,
-    flip_angle: float,
-    rf_duration: float,
-    rf_time_bw: float,
-    rf_dwell: float,
-    thickness: float,
-) -> OrbitalNavigator:
-    """Orbital navigator of k radius ``radius`` [1/m] on ``system`` (see the module docstring).
+def _shortest(areas: dict[str, float], system: SystemProfile) -> float:
+    """Shortest common duration (block raster) of trapezoids with these areas."""
+    return ceil_to(
+        max([min_trap_duration(abs(a), system) for a in areas.values()] + [system.block_duration_raster]),
+        system.block_duration_raster,
+    )
 
-    The gradient turns at the constant rate of one orbit per ``ORBIT_SAMPLES * ORBIT_DWELL``;
-    its amplitude ramps in and out linearly (at most half the system's slew) while it keeps
-    turning, and the prephaser puts k on the orbit's angle 0 when the ADC starts.
-    """
-    exc = slice_excitation(system, flip_angle, rf_duration, rf_time_bw, 0.5, rf_dwell, thickness)
+
+def _orbit_waveform(system: SystemProfile, radius: float) -> tuple[np.ndarray, np.ndarray, float, complex]:
+    """The turning gradient (first + i second axis, Hz/m) at raster ``knots`` (s), its ramp time (s)
+    and the k (1/m, complex) it adds from the waveform's start to the ADC's start."""
     raster = system.grad_raster_time
     period = ORBIT_SAMPLES * ORBIT_DWELL
     omega = 2 * math.pi / period
@@ -211,42 +257,80 @@ def make_orbital_navigator(
     envelope = np.clip(np.minimum(knots / ramp, (total - knots) / ramp), 0.0, 1.0)
     g = 1j * amp * np.exp(1j * omega * (knots - ramp)) * envelope
     g[0] = g[-1] = 0.0
+    return knots, g, ramp
+
+
+def _orbit(
+    system: SystemProfile,
+    radius: float,
+    axes: tuple[str, str],
+    before: dict[str, float],
+    after: dict[str, float],
+) -> Orbit:
+    """One orbit in the plane of ``axes``; ``before``/``after``: extra areas (1/m) per axis played
+    with the prephaser (slice rephasing) and the rewinder (spoiling)."""
+    knots, g, ramp = _orbit_waveform(system, radius)
+    raster = system.grad_raster_time
     # k along the piecewise-linear waveform (trapezoidal rule is exact for it)
     k = np.concatenate([[0.0], np.cumsum((g[1:] + g[:-1]) / 2 * raster)])
-    i_start = int(round(ramp / raster))
-    pre_area = radius - k[i_start]
+    pre_area = radius - k[int(round(ramp / raster))]
     rewind_area = -(pre_area + k[-1])
-    pre = ceil_to(
-        max(
-            min_trap_duration(abs(pre_area.real), system),
-            min_trap_duration(abs(pre_area.imag), system),
-            min_trap_duration(exc.rephase_area, system),
-        ),
-        system.block_duration_raster,
-    )
-    spoil_z = 4.0 / thickness
-    spoil = ceil_to(
-        max(
-            min_trap_duration(abs(rewind_area.real), system),
-            min_trap_duration(abs(rewind_area.imag), system),
-            min_trap_duration(spoil_z, system),
-        ),
-        system.block_duration_raster,
-    )
-    readout = ceil_to(total + system.adc_dead_time, system.block_duration_raster)
+    a, b = axes
+
+    def areas(extra: dict[str, float], area: complex) -> dict[str, float]:
+        out = dict(extra)
+        out[a] = out.get(a, 0.0) + float(area.real)
+        out[b] = out.get(b, 0.0) + float(area.imag)
+        return out
+
+    pre, rew = areas(before, complex(pre_area)), areas(after, complex(rewind_area))
+    pre_d, rew_d = _shortest(pre, system), _shortest(rew, system)
     opts = system.to_opts()
     orbit = (
-        pp.make_extended_trapezoid("x", amplitudes=g.real, times=knots, system=opts),
-        pp.make_extended_trapezoid("y", amplitudes=g.imag, times=knots, system=opts),
+        pp.make_extended_trapezoid(a, amplitudes=g.real, times=knots, system=opts),
+        pp.make_extended_trapezoid(b, amplitudes=g.imag, times=knots, system=opts),
         pp.make_adc(num_samples=ORBIT_SAMPLES, dwell=ORBIT_DWELL, delay=ramp, system=opts),
     )
-    return OrbitalNavigator(
-        exc,
-        _in_plane_traps(exc.rephase_area, complex(pre_area), pre, system),
-        orbit,
-        _in_plane_traps(spoil_z, complex(rewind_area), spoil, system),
-        radius,
-        pre,
-        readout,
-        spoil,
+    readout = ceil_to(float(knots[-1]) + system.adc_dead_time, system.block_duration_raster)
+    return Orbit(axes, _traps(pre, pre_d, system), orbit, _traps(rew, rew_d, system), pre_d, readout, rew_d)
+
+
+def make_orbital_navigator(
+    system: SystemProfile,
+    radius: float,
+    flip_angle: float,
+    rf_duration: float,
+    rf_time_bw: float,
+    rf_dwell: float,
+    thickness: float,
+    planes: tuple[tuple[str, str], ...] = IN_PLANE,
+) -> OrbitalNavigator:
+    """Orbital navigator of k radius ``radius`` [1/m] on ``system`` (see the module docstring).
+
+    ``planes``: :data:`IN_PLANE` (slice-selective excitation with the imaging pulse's shape) or
+    :data:`THREE_PLANES` (non-selective hard pulse of :data:`HARD_PULSE_DURATION`). Each orbit's
+    gradient turns at the constant rate of one orbit per ``ORBIT_SAMPLES * ORBIT_DWELL``; its
+    amplitude ramps in and out linearly (at most half the system's slew) while it keeps turning,
+    and the prephaser puts k on the orbit's angle 0 when the ADC starts. The slice axis is
+    spoiled (4 cycles across ``thickness``) after the last orbit.
+    """
+    if planes not in (IN_PLANE, THREE_PLANES):
+        raise ValueError(f"orbital navigator planes must be {IN_PLANE} or {THREE_PLANES}, got {planes!r}")
+    exc, hard = None, None
+    if planes == IN_PLANE:
+        exc = slice_excitation(system, flip_angle, rf_duration, rf_time_bw, 0.5, rf_dwell, thickness)
+        duration, rephase = exc.duration, exc.rephase_area
+    else:
+        n = max(1, int(round(HARD_PULSE_DURATION / rf_dwell)))
+        hard = pp.make_arbitrary_rf(
+            signal=np.ones(n), flip_angle=flip_angle, dwell=rf_dwell, delay=system.rf_dead_time,
+            system=system.to_opts(), use="excitation",
+        )  # fmt: skip
+        duration = ceil_to(pp.calc_duration(hard) + system.rf_ringdown_time, system.block_duration_raster)
+        rephase = 0.0
+    spoil = {"z": 4.0 / thickness}
+    orbits = tuple(
+        _orbit(system, radius, axes, {"z": rephase} if i == 0 else {}, spoil if i == len(planes) - 1 else {})
+        for i, axes in enumerate(planes)
     )
+    return OrbitalNavigator(exc, hard, duration, orbits, radius)

@@ -412,6 +412,34 @@ def test_orbital_navigator_reads_one_circle_around_the_centre(system):
     assert measure_tr(b.seq) == pytest.approx(b.params["TR"], abs=1e-9)  # imaging TR unchanged
 
 
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_three_plane_orbital_navigator_reads_circles_in_the_xy_yz_and_zx_planes(system):
+    """SEG 0, 1, 2 of each navigator: circles of radius 60 /m turning x->y, y->z, z->x, after one
+    non-selective pulse; the dummy TRs play the navigator without ADC."""
+    ov = {"matrix": 16, "navigator_every": 4, "navigator_type": "orbital3", "dummy_scans": 2}
+    b = sequences.build_protocol("gre2d", system, ov)
+    assert b.seq.check_timing()[0]
+    events = adc_events(b.seq)
+    navs = [e for e in events[1:] if e.labels["NAV"]]
+    assert [e.labels["SEG"] for e in navs] == [0, 1, 2] * 4  # none from the dummies
+    k, _ = kspace_per_adc(b.seq)
+    orbits = [kk for e, kk in zip(events, k, strict=True) if e.labels["NAV"]][:3]
+    n = orbits[0].shape[0]
+    phi = 2 * np.pi * (np.arange(n) + 0.5) / n
+    for (a, b_axis), orbit in zip(((0, 1), (1, 2), (2, 0)), orbits, strict=True):
+        np.testing.assert_allclose(orbit[:, a], 60.0 * np.cos(phi), atol=2e-3 * 60.0)
+        np.testing.assert_allclose(orbit[:, b_axis], 60.0 * np.sin(phi), atol=2e-3 * 60.0)
+        np.testing.assert_allclose(orbit[:, 3 - a - b_axis], 0.0, atol=1e-6 / FOV)
+    strings = {u.name: u.value for u in b.header.userParameters.userParameterString}
+    assert strings["unisono.navigator"] == "orbital-3plane"
+    assert int(b.header.encoding[0].encodingLimits.segment.maximum) == 2
+    # the excitation before SEG 0 has no gradient (non-selective); dummies carry the navigator
+    rf_blocks = [i for i in b.seq.block_events if b.seq.get_block(i).rf is not None]
+    hard = [i for i in rf_blocks if b.seq.get_block(i).gz is None]
+    assert len(hard) == 4 + 1  # one per navigator, and one in the dummy TRs (every 4th of 2)
+    assert measure_tr(b.seq) == pytest.approx(b.params["TR"], abs=1e-9)  # imaging TR unchanged
+
+
 def test_navigator_type_is_checked():
     with pytest.raises(sequences.ProtocolError, match="navigator_type"):
         sequences.build_protocol("gre2d", "generic", {"navigator_every": 4, "navigator_type": "cloverleaf"})

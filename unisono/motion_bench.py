@@ -80,6 +80,7 @@ class BenchSettings:
     seed: int = 0
     dead_band_mm: float = DEAD_BAND_MM
     dead_band_deg: float = DEAD_BAND_DEG
+    guard_slices: int = 0
 
     def overrides(self) -> dict[str, object]:
         return {
@@ -261,10 +262,15 @@ def _oracle_channel(motion, base: type, dead_band: tuple[float, float], last_seg
 
 
 def imaging_start_s(built: Any) -> float:
-    """Sequence time (s) at which a built gre2d starts imaging: after the noise prescan (block 1)
-    and the dummy TRs, where its first navigator plays."""
-    noise_block = float(built.seq.get_block(1).block_duration)
-    return noise_block + built.params["dummy_scans"] * built.params["actual_TR"]
+    """Sequence time (s) at which a built sequence starts imaging: the start of the first block
+    with an ADC after the noise prescan (block 1), i.e. after the dummy TRs."""
+    t = float(built.seq.get_block(1).block_duration)
+    for index in list(built.seq.block_events)[1:]:
+        block = built.seq.get_block(index)
+        if getattr(block, "adc", None) is not None:
+            return t
+        t += float(block.block_duration)
+    raise ValueError("the sequence acquires nothing after its noise prescan")
 
 
 def _image(out: Path) -> np.ndarray:
@@ -427,6 +433,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
             device=dev,
             isochromats_per_voxel=settings.isochromats,
             seed=settings.seed,
+            extra_slices=settings.guard_slices,
         )
         run_scan(request, print_fn=lambda _: None, motion_trajectory=motion, feedback_channel=channel)
         if channel.errors:

@@ -40,6 +40,8 @@ class ScanRequest:
     isochromats_per_voxel: int = 4
     seed: int = 0
     feedback: bool = False  # apply the server's motion feedback prospectively
+    #: phantom slices added on each side of the protocol's (tissue a nod moves in from)
+    extra_slices: int = 0
 
 
 #: default dead band of prospective updates (see ScannerFeedback)
@@ -255,7 +257,7 @@ def run_scan(
     built.write(out / f"{request.protocol}.seq")
     site = simulator.load_site(request.site)
     header = simulator.with_site(built.header, site)
-    phantom = make_phantom(request.phantom, built, site, request.subject)
+    phantom = make_phantom(request.phantom, built, site, request.subject, request.extra_slices)
     duration_s = float(built.seq.duration()[0])
     motion = parse_motion(request.motion, duration_s) if request.motion else None
     if motion_trajectory is not None:
