@@ -62,10 +62,12 @@ TIME_TICK_S = 2.5e-3
 _METHODS = ("navigator", "image")
 #: which of (tx, ty, tz, rx, ry, rz) each navigator determines
 _PAIR_OBSERVED = (True, True, False, False, False, False)
-_ORBITAL_OBSERVED = (True, True, False, False, False, True)
-_ORBITAL_3PLANE_OBSERVED = (True,) * 6
-#: header tag (userParameterString "unisono.navigator") of each orbital navigator -> its orbits
-_ORBITAL_TAGS = {"orbital": 1, "orbital-3plane": 3}
+#: header tag (userParameterString "unisono.navigator") of each orbital navigator -> (orbits per
+#: navigator, what it determines, the feedback's method name)
+_ORBITAL_KINDS = {
+    "orbital": (1, (True, True, False, False, False, True), "navigator-orbital"),
+    "orbital-3plane": (3, (True,) * 6, "navigator-orbital-3plane"),
+}
 
 
 @dataclass
@@ -200,7 +202,7 @@ def motion_estimation(
         if method == "navigator" and item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
             axis = int(item.idx.segment)
             if orbital is not None:
-                n_orbits = orbital[1]
+                radius, (n_orbits, observed, how) = orbital
                 if axis == 0:
                     state.latest.clear()  # a navigator starts: drop an incomplete one
                 state.latest[axis] = item
@@ -208,11 +210,8 @@ def motion_estimation(
                 if axis == n_orbits - 1 and len(state.latest) == n_orbits:
                     orbits = [state.latest[i] for i in range(n_orbits)]
                     state.latest.clear()
-                    estimate_and_send(
-                        item, t_in, functools.partial(_orbital, state, orbits, orbital[0], reference_pair),
-                        _ORBITAL_OBSERVED if n_orbits == 1 else _ORBITAL_3PLANE_OBSERVED,
-                        "navigator-orbital" if n_orbits == 1 else "navigator-orbital-3plane",
-                    )  # fmt: skip
+                    compute = functools.partial(_orbital, state, orbits, radius, reference_pair)
+                    estimate_and_send(item, t_in, compute, observed, how)
             elif axis in (0, 1):
                 state.latest[axis] = item
                 # a pair is complete when its y projection (played after x) arrives
@@ -293,12 +292,13 @@ def _relative_to_reference(
     return head_t, head_r
 
 
-def _orbital_navigator(header: Any) -> tuple[float, int] | None:
-    """(k radius 1/m, orbits per navigator) when the header announces an orbital navigator, else None."""
+def _orbital_navigator(header: Any) -> tuple[float, tuple[int, tuple[bool, ...], str]] | None:
+    """(k radius 1/m, its entry of _ORBITAL_KINDS) when the header announces an orbital navigator,
+    else None."""
     up = getattr(header, "userParameters", None)
     strings = {p.name: p.value for p in (getattr(up, "userParameterString", None) or [])}
     tag = strings.get("unisono.navigator")
-    if tag not in _ORBITAL_TAGS:
+    if tag not in _ORBITAL_KINDS:
         return None
     doubles = {p.name: p.value for p in (getattr(up, "userParameterDouble", None) or [])}
     radius = doubles.get("navigator_orbital_radius_per_m")
@@ -307,7 +307,7 @@ def _orbital_navigator(header: Any) -> tuple[float, int] | None:
             f"header says unisono.navigator = {tag!r} but userParameterDouble "
             f"navigator_orbital_radius_per_m is {radius!r}; it must be the orbit's k radius > 0 (1/m)"
         )
-    return float(radius), _ORBITAL_TAGS[tag]
+    return float(radius), _ORBITAL_KINDS[tag]
 
 
 def _orbital(

@@ -236,9 +236,9 @@ def _shortest(areas: dict[str, float], system: SystemProfile) -> float:
     )
 
 
-def _orbit_waveform(system: SystemProfile, radius: float) -> tuple[np.ndarray, np.ndarray, float, complex]:
-    """The turning gradient (first + i second axis, Hz/m) at raster ``knots`` (s), its ramp time (s)
-    and the k (1/m, complex) it adds from the waveform's start to the ADC's start."""
+def _orbit_waveform(system: SystemProfile, radius: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(``knots`` (s) on the gradient raster, the turning gradient there (first + i second axis,
+    Hz/m), its ramp time (s), where the ADC starts)."""
     raster = system.grad_raster_time
     period = ORBIT_SAMPLES * ORBIT_DWELL
     omega = 2 * math.pi / period

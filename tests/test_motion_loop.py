@@ -14,7 +14,7 @@ import sequences
 from gadgets.feedback import applied_pose
 from unisono.cli import main
 from unisono.motion_bench import BenchSettings, _image, _metrics, imaging_start_s, standard_trajectory
-from unisono.scan import ScannerFeedback, ScanRequest, run_scan
+from unisono.scan import ScannerFeedback, ScanRequest, make_phantom, run_scan
 
 SETTINGS = BenchSettings(matrix=32, isochromats=9, navigator_every=4, navigator_type="orbital")
 
@@ -159,16 +159,13 @@ def test_image_method_recovers_an_in_plane_rigid_move_between_repetitions():
 
 
 def _gre2d(settings: BenchSettings, extra_slices: int = 0):
-    """(built gre2d, siteA, its header, the brain phantom) for ``settings``, matrix 64, with
+    """(built gre2d, siteA, its header, the brain phantom) for ``settings``, with
     ``extra_slices`` phantom slices on each side of the imaged one."""
     import simulator
 
     built = sequences.build_protocol("gre2d", overrides=settings.overrides())
     site = simulator.load_site("siteA")
-    phantom = simulator.brain_phantom(
-        field_T=site.field_T, fov_m=0.22, matrix=settings.matrix, slice_thickness_m=0.005,
-        n_slices=1 + 2 * extra_slices,
-    )  # fmt: skip
+    phantom = make_phantom("brain", built, site, 0, extra_slices=extra_slices)
     return built, site, simulator.with_site(built.header, site), phantom
 
 
