@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """The three-plane orbital navigator, open loop, on the motion benchmark's nod.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/motion_three_plane.py   # ~5 min, prints JSON
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/motion_three_plane.py [RADIUS]   # ~5 min, prints JSON
+
+RADIUS: the yz and zx orbits' k radius (1/m; default the protocol's
+``navigator_through_plane_radius``).
 
 gre2d as in ``unisono bench motion`` (matrix 64, TR 100 ms, flip 70 deg, 40 dummy TRs, 9
 isochromats) with ``navigator_type = "orbital3"`` before every imaging TR, on the brain
@@ -13,7 +16,9 @@ relative to the reference navigator. Reported: RMS error per component over the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 
 import numpy as np
 import torch
@@ -28,9 +33,11 @@ from unisono.scan import make_phantom
 COMPONENTS = ("tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg")
 
 
-def main() -> dict:
+def main(through_plane_radius: float | None = None) -> dict:
     torch.set_num_threads(1)
     settings = BenchSettings(navigator_type="orbital3")
+    if through_plane_radius is not None:
+        settings = dataclasses.replace(settings, navigator_through_plane_radius=through_plane_radius)
     built = sequences.build_protocol("gre2d", overrides=settings.overrides())
     site = simulator.load_site(settings.site)
     header = simulator.with_site(built.header, site)
@@ -61,9 +68,10 @@ def main() -> dict:
         "max_abs_error_at_rest": dict(zip(COMPONENTS, rest.max(0).round(3).tolist(), strict=True)),
         "during_the_nod": moving,
         "order": COMPONENTS,
+        "through_plane_radius_per_m": settings.navigator_through_plane_radius,
         "threads": torch.get_num_threads(),
     }
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))
+    print(json.dumps(main(float(sys.argv[1]) if len(sys.argv) > 1 else None), indent=2))

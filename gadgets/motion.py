@@ -202,7 +202,7 @@ def motion_estimation(
         if method == "navigator" and item.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA):
             axis = int(item.idx.segment)
             if orbital is not None:
-                radius, (n_orbits, observed, how) = orbital
+                radii, (n_orbits, observed, how) = orbital
                 if axis == 0:
                     state.latest.clear()  # a navigator starts: drop an incomplete one
                 state.latest[axis] = item
@@ -210,7 +210,7 @@ def motion_estimation(
                 if axis == n_orbits - 1 and len(state.latest) == n_orbits:
                     orbits = [state.latest[i] for i in range(n_orbits)]
                     state.latest.clear()
-                    compute = functools.partial(_orbital, state, orbits, radius, reference_pair)
+                    compute = functools.partial(_orbital, state, orbits, radii, reference_pair)
                     estimate_and_send(item, t_in, compute, observed, how)
             elif axis in (0, 1):
                 state.latest[axis] = item
@@ -292,9 +292,11 @@ def _relative_to_reference(
     return head_t, head_r
 
 
-def _orbital_navigator(header: Any) -> tuple[float, tuple[int, tuple[bool, ...], str]] | None:
-    """(k radius 1/m, its entry of _ORBITAL_KINDS) when the header announces an orbital navigator,
-    else None."""
+def _orbital_navigator(header: Any) -> tuple[tuple[float, ...], tuple[int, tuple[bool, ...], str]] | None:
+    """(k radius 1/m of each orbit, its entry of _ORBITAL_KINDS) when the header announces an
+    orbital navigator, else None. The three-plane navigator's yz and zx orbits have their own
+    radius (``navigator_orbital_through_plane_radius_per_m``; files written before it existed used
+    the in-plane one for all three)."""
     up = getattr(header, "userParameters", None)
     strings = {p.name: p.value for p in (getattr(up, "userParameterString", None) or [])}
     tag = strings.get("unisono.navigator")
@@ -302,16 +304,21 @@ def _orbital_navigator(header: Any) -> tuple[float, tuple[int, tuple[bool, ...],
         return None
     doubles = {p.name: p.value for p in (getattr(up, "userParameterDouble", None) or [])}
     radius = doubles.get("navigator_orbital_radius_per_m")
-    if radius is None or not float(radius) > 0:
-        raise ValueError(
-            f"header says unisono.navigator = {tag!r} but userParameterDouble "
-            f"navigator_orbital_radius_per_m is {radius!r}; it must be the orbit's k radius > 0 (1/m)"
-        )
-    return float(radius), _ORBITAL_KINDS[tag]
+    through = doubles.get("navigator_orbital_through_plane_radius_per_m", radius)
+    for name, value in (("navigator_orbital_radius_per_m", radius),
+                        ("navigator_orbital_through_plane_radius_per_m", through)):  # fmt: skip
+        if value is None or not float(value) > 0:
+            raise ValueError(
+                f"header says unisono.navigator = {tag!r} but userParameterDouble "
+                f"{name} is {value!r}; it must be the orbit's k radius > 0 (1/m)"
+            )
+    kind = _ORBITAL_KINDS[tag]
+    radii = (float(radius),) + (float(through),) * (kind[0] - 1)
+    return radii, kind
 
 
 def _orbital(
-    state: _NavState, orbits: list[ismrmrd.Acquisition], radius: float, reference_pair: int
+    state: _NavState, orbits: list[ismrmrd.Acquisition], radii: tuple[float, ...], reference_pair: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Head pose (translation mm, rotation deg) from one orbital navigator (its orbits in SEG
     order: one in-plane, or three orthogonal); None until the reference exists (navigator
@@ -328,10 +335,10 @@ def _orbital(
         return None
     refs = [state.reference[i] for i in range(len(data))]
     if len(data) == 1:
-        tx, ty, rz = orbital_pose(data[0], refs[0], radius)
+        tx, ty, rz = orbital_pose(data[0], refs[0], radii[0])
         residual = (np.array([tx, ty, 0.0]), np.array([0.0, 0.0, rz]))
     else:
-        t, r = orbital_pose_3plane(data, refs, radius)
+        t, r = orbital_pose_3plane(data, refs, radii)
         residual = (np.asarray(t), np.asarray(r))
     # encoded in the frame the scanner applied (the same for all orbits of one excitation):
     # head = applied ∘ residual

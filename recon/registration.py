@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,7 +194,7 @@ ORBIT_PLANES = ((0, 1), (1, 2), (2, 0))
 
 
 def orbital_pose_3plane(
-    current: list[torch.Tensor], reference: list[torch.Tensor], radius_per_m: float
+    current: list[torch.Tensor], reference: list[torch.Tensor], radius_per_m: float | Sequence[float]
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """All six rigid parameters from three orthogonal orbital navigators (Ward et al., MRM 2000).
 
@@ -210,18 +211,23 @@ def orbital_pose_3plane(
 
     Args:
         current, reference: three complex readouts (coils, N) each, in the order of the planes.
-        radius_per_m: the orbits' k radius (1/m).
+        radius_per_m: the orbits' k radius (1/m), or one per orbit.
     Returns:
         ((tx, ty, tz) mm, (rx, ry, rz) degrees).
     """
+    radii = [float(radius_per_m)] * 3 if np.ndim(radius_per_m) == 0 else [float(r) for r in radius_per_m]
     if len(current) != len(ORBIT_PLANES) or len(reference) != len(ORBIT_PLANES):
         raise ValueError(
             f"a three-plane orbital navigator needs {len(ORBIT_PLANES)} readouts and as many references, "
             f"got {len(current)} and {len(reference)}"
         )
     t_sum, w_sum, rot = np.zeros(3), np.zeros(3), np.zeros(3)
-    for (a, b), cur, ref in zip(ORBIT_PLANES, current, reference, strict=True):
-        ta, tb, turn, rms = _orbital_fit(cur, ref, radius_per_m)
+    if len(radii) != len(ORBIT_PLANES):
+        raise ValueError(
+            f"a three-plane orbital navigator needs 1 or {len(ORBIT_PLANES)} radii, got {len(radii)}"
+        )
+    for (a, b), cur, ref, radius in zip(ORBIT_PLANES, current, reference, radii, strict=True):
+        ta, tb, turn, rms = _orbital_fit(cur, ref, radius)
         w = 1.0 / max(rms, PHASE_RMS_FLOOR) ** 2  # inverse variance of the plane's phase fit
         t_sum[[a, b]] += (w * ta, w * tb)
         w_sum[[a, b]] += w

@@ -50,7 +50,13 @@ from sequences.blocks import (
 )
 from sequences.built import BuiltSequence, achieved_params
 from sequences.header import EncodingInfo, protocol_header
-from sequences.navigator import ORBIT_RADIUS, THREE_PLANES, make_navigator, make_orbital_navigator
+from sequences.navigator import (
+    ORBIT_RADIUS,
+    THREE_PLANES,
+    THROUGH_PLANE_RADIUS,
+    make_navigator,
+    make_orbital_navigator,
+)
 from sequences.systems import SystemProfile
 
 #: golden angle for 2D radial sampling [rad] (180 deg / golden ratio)
@@ -146,7 +152,10 @@ def build(p: dict[str, Any], system: SystemProfile, protocol: str, kind: str) ->
         if kind_nav == "orbital":
             nav = make_orbital_navigator(system, ORBIT_RADIUS, *rf)
         elif kind_nav == "orbital3":
-            nav = make_orbital_navigator(system, ORBIT_RADIUS, *rf, planes=THREE_PLANES)
+            nav = make_orbital_navigator(
+                system, ORBIT_RADIUS, *rf, planes=THREE_PLANES,
+                through_plane_radius=p.get("navigator_through_plane_radius", THROUGH_PLANE_RADIUS),
+            )  # fmt: skip
         else:
             nav = make_navigator(system, ro, *rf)
 

@@ -25,6 +25,7 @@ UNITS: dict[str, tuple[str, float]] = {
     "mT/m": ("T/m", 1e-3),
     "T/m": ("T/m", 1.0),
     "T/m/s": ("T/m/s", 1.0),
+    "1/m": ("1/m", 1.0),  # k-space radii
     "Hz": ("Hz", 1.0),
     "kHz": ("Hz", 1e3),
     "Hz/px": ("Hz/px", 1.0),

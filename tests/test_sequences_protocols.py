@@ -414,9 +414,11 @@ def test_orbital_navigator_reads_one_circle_around_the_centre(system):
 
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_three_plane_orbital_navigator_reads_circles_in_the_xy_yz_and_zx_planes(system):
-    """SEG 0, 1, 2 of each navigator: circles of radius 60 /m turning x->y, y->z, z->x, after one
+    """SEG 0, 1, 2 of each navigator: circles turning x->y, y->z, z->x (radius 60 /m in the slice
+    plane, ``navigator_through_plane_radius`` for the two others, both in the header), after one
     non-selective pulse; the dummy TRs play the navigator without ADC."""
-    ov = {"matrix": 16, "navigator_every": 4, "navigator_type": "orbital3", "dummy_scans": 2}
+    ov = {"matrix": 16, "navigator_every": 4, "navigator_type": "orbital3", "dummy_scans": 2,
+          "navigator_through_plane_radius": 25.0}  # fmt: skip
     b = sequences.build_protocol("gre2d", system, ov)
     assert b.seq.check_timing()[0]
     events = adc_events(b.seq)
@@ -426,10 +428,13 @@ def test_three_plane_orbital_navigator_reads_circles_in_the_xy_yz_and_zx_planes(
     orbits = [kk for e, kk in zip(events, k, strict=True) if e.labels["NAV"]][:3]
     n = orbits[0].shape[0]
     phi = 2 * np.pi * (np.arange(n) + 0.5) / n
-    for (a, b_axis), orbit in zip(((0, 1), (1, 2), (2, 0)), orbits, strict=True):
-        np.testing.assert_allclose(orbit[:, a], 60.0 * np.cos(phi), atol=2e-3 * 60.0)
-        np.testing.assert_allclose(orbit[:, b_axis], 60.0 * np.sin(phi), atol=2e-3 * 60.0)
+    for (a, b_axis), orbit, r in zip(((0, 1), (1, 2), (2, 0)), orbits, (60.0, 25.0, 25.0), strict=True):
+        np.testing.assert_allclose(orbit[:, a], r * np.cos(phi), atol=2e-3 * r)
+        np.testing.assert_allclose(orbit[:, b_axis], r * np.sin(phi), atol=2e-3 * r)
         np.testing.assert_allclose(orbit[:, 3 - a - b_axis], 0.0, atol=1e-6 / FOV)
+    doubles = {u.name: u.value for u in b.header.userParameters.userParameterDouble}
+    assert doubles["navigator_orbital_radius_per_m"] == pytest.approx(60.0)
+    assert doubles["navigator_orbital_through_plane_radius_per_m"] == pytest.approx(25.0)
     strings = {u.name: u.value for u in b.header.userParameters.userParameterString}
     assert strings["unisono.navigator"] == "orbital-3plane"
     assert int(b.header.encoding[0].encodingLimits.segment.maximum) == 2

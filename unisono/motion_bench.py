@@ -80,6 +80,7 @@ class BenchSettings:
     navigator_every: int = 1
     navigator_type: str = "orbital"
     navigator_flip_deg: float = 30.0
+    navigator_through_plane_radius: float = 30.0
     rf_duration_ms: float = 1.0
     rf_dwell_us: float = 20.0
     seed: int = 0
@@ -96,6 +97,7 @@ class BenchSettings:
             "navigator_every": self.navigator_every,
             "navigator_type": self.navigator_type,
             "navigator_flip_angle": self.navigator_flip_deg,
+            "navigator_through_plane_radius": self.navigator_through_plane_radius,
             "rf_duration": self.rf_duration_ms,
             "rf_dwell": self.rf_dwell_us,
         }
