@@ -6,6 +6,7 @@ test: a motion-free scan, the moving head with feedback off, and with feedback o
 
 from __future__ import annotations
 
+import ismrmrd
 import numpy as np
 import pytest
 
@@ -217,6 +218,44 @@ def test_three_plane_navigator_in_the_stream_reads_a_still_head_as_still():
     poses = np.array([[*e.translation_mm, *e.rotation_deg] for e in estimates])
     assert np.abs(poses[:, :3]).max() < 0.3, poses[:, :3]
     assert np.abs(poses[:, 3:]).max() < 0.4, poses[:, 3:]
+
+
+def test_three_plane_closed_loop_follows_a_kept_through_plane_move(tmp_path):
+    """The head moves through the slice and stays (ty 2 mm, tz 1 mm, rx 2 degrees): with
+    ``--feedback on`` the scanner's applied pose converges on it and stays there. The imaged
+    slice's saturated band, which the navigator also sees, reads a through-plane move too large
+    by up to ~1.5x on this thin phantom (test_motion_registration), so the first corrections
+    overshoot; each following one sees only what is left, and the loop settles. 4 isochromats,
+    a navigator every 4 TRs, 5 degrees, rotation dead band 0.8 degrees (docs/feedback.md)."""
+    from gadgets.motion import TIME_TICK_S
+    from simulator.motion import MotionTrajectory
+
+    settings = BenchSettings(navigator_every=4, navigator_type="orbital3", navigator_flip_deg=5.0,
+                             dummy_scans=16, isochromats=4, guard_slices=1)  # fmt: skip
+    built = sequences.build_protocol("gre2d", overrides=settings.overrides())
+    d, start = float(built.seq.duration()[0]), imaging_start_s(built)
+    t0 = start + 0.2 * (d - start)
+    motion = MotionTrajectory([0, t0, t0 + 0.3], [[0, 0, 0], [0, 0, 0], [0, 2, 1]],
+                              [[0, 0, 0], [0, 0, 0], [2, 0, 0]])  # fmt: skip
+    channel = ScannerFeedback(apply=True, min_change_deg=0.8, sync_timeout_s=1.0)
+    request = ScanRequest(
+        protocol="gre2d", site="siteA", out=tmp_path, overrides=settings.overrides(),
+        chain="cartesian-motion", feedback=True, device="cpu",
+        isochromats_per_voxel=settings.isochromats, extra_slices=settings.guard_slices,
+    )  # fmt: skip
+    run_scan(request, print_fn=lambda _: None, motion_trajectory=motion, feedback_channel=channel)
+    _, acqs = gadgets.read_raw(next((tmp_path / "raw").glob("*.h5")))
+    imaging = [a for a in acqs if not a.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA)]
+    late = [
+        applied_pose(a) for a in imaging if a.acquisition_time_stamp * TIME_TICK_S > t0 + 0.3 + 0.6 * (d - t0)
+    ]
+    assert late, "no readout in the last part of the scan"
+    poses = np.array([[*t, *r] for t, r, _ in late])
+    truth = np.array([0, 2, 1, 2, 0, 0])
+    # at every late readout: tz within 0.3 mm and rx within the 0.8 degree dead band (measured:
+    # 1.00 mm, 2.01 deg), the unmoved components near 0; ty settles short (1.44 mm for 2, open
+    # in docs/feedback.md), so it is held to 0.7 mm
+    assert np.all(np.abs(poses - truth) <= [0.3, 0.7, 0.3, 0.8, 0.8, 0.8]), poses.round(2)
 
 
 def test_retrospective_chain_undoes_translation_and_rotation_offline(tmp_path):
