@@ -28,11 +28,13 @@ degree navigator flip, dead band 0.2 mm / 0.4 deg (about three times the navigat
 0.07 mm and 0.13 deg RMS).
 
 ``--set navigator_type=orbital3 --set guard_slices=1`` runs the through-plane setting: a
-three-plane orbital navigator (a non-selective pulse, then k-space circles in the xy, yz and zx
-planes: all six rigid parameters; ~6 ms) on a phantom with one slice above and one below the
-imaged one, so that the non-selective navigator sees the head's extent along z and a nod moves
-tissue into the slice rather than nothing. It needs about 3x the spins (about 5 minutes per
-scan on one core).
+three-plane orbital navigator (a non-selective pulse, then k-space circles in the xy plane at
+60 /m and the yz and zx planes at ``navigator_through_plane_radius``, 30 /m: all six rigid
+parameters; ~6 ms) on a phantom with one slice above and one below the imaged one, so that the
+non-selective navigator sees the head's extent along z and a nod moves tissue into the slice
+rather than nothing. It needs about 3x the spins (about 5 minutes per scan on one core). With
+``--set navigator_flip_deg=5 --set dead_band_deg=0.8`` it recovers 80 % of the nod but less
+than the in-plane default on the other trajectories (docs/benchmarks.md, sixth session).
 
 Why TR 100 ms and not the protocol's default 20 ms / 15 degrees: with a finite number of spins
 per voxel the residual transverse coherences of a short-TR spoiled steady state leave a
