@@ -146,7 +146,7 @@ THREE_PLANES = (("x", "y"), ("y", "z"), ("z", "x"))
 #: which does not move with the head. A band of width w and contrast d adds ~ w d sinc(k w) to the
 #: orbit's signal, the head (extent L) ~ L sinc(k L): the lower k, the smaller the band's share,
 #: and once k L nears 1 the band dominates and the through-plane estimate takes the band's sign
-#: (on the simulator's 15 mm phantom: tz -1.27 mm for +1 at 60 /m, +1.35 at 30 /m).
+#: (on the simulator's 15 mm phantom, band fixed: tz -1.27 mm for +1 at 60 /m, +1.46 at 30 /m).
 THROUGH_PLANE_RADIUS = 30.0
 #: the three-plane navigator's non-selective hard pulse (s): 10 deg needs ~3.3 uT
 HARD_PULSE_DURATION = 0.2e-3
@@ -179,7 +179,7 @@ class OrbitalNavigator:
     one orbit in the slice plane (tx, ty, rz). Three-plane (:data:`THREE_PLANES`): a
     non-selective hard pulse, so that the orbits outside the slice plane see the head's extent
     along z, then three orthogonal orbits (all six rigid parameters). The events are built once
-    (:func:`make_orbital_navigator`) and played by every :meth:`add_to`; ``radius`` is the
+    (:func:`make_orbital_navigator`) and played by every :meth:`add_to`; ``radii`` are the
     orbits' k radii (1/m, one per orbit), durations in s.
     """
 
