@@ -374,3 +374,24 @@ def test_through_plane_orbits_sit_below_the_thin_phantoms_first_zero():
             )
             assert gain[0] <= t[2] / tz <= gain[1], (radius, tz, t)
             assert np.abs(t[:2]).max() < 1e-6 and np.abs(r).max() < 1e-6
+
+
+def test_the_gadget_reads_each_orbits_radius_from_the_header():
+    """orbital3 headers carry the yz/zx radius; files written before it existed fall back to the
+    in-plane radius for all three orbits; a bad value gets one error naming the field."""
+    from types import SimpleNamespace
+
+    from gadgets.motion import _orbital_navigator
+
+    def header(**doubles):
+        strings = [SimpleNamespace(name="unisono.navigator", value="orbital-3plane")]
+        values = [SimpleNamespace(name=k, value=v) for k, v in doubles.items()]
+        return SimpleNamespace(
+            userParameters=SimpleNamespace(userParameterString=strings, userParameterDouble=values)
+        )
+
+    both = {"navigator_orbital_radius_per_m": 60.0, "navigator_orbital_through_plane_radius_per_m": 30.0}
+    assert _orbital_navigator(header(**both))[0] == (60.0, 30.0, 30.0)
+    assert _orbital_navigator(header(navigator_orbital_radius_per_m=60.0))[0] == (60.0, 60.0, 60.0)
+    with pytest.raises(ValueError, match="navigator_orbital_through_plane_radius_per_m is 0.0"):
+        _orbital_navigator(header(**{**both, "navigator_orbital_through_plane_radius_per_m": 0.0}))
