@@ -68,7 +68,7 @@ def main(through_plane_radius: float | None = None) -> dict:
         "max_abs_error_at_rest": dict(zip(COMPONENTS, rest.max(0).round(3).tolist(), strict=True)),
         "during_the_nod": moving,
         "order": COMPONENTS,
-        "through_plane_radius_per_m": settings.navigator_through_plane_radius,
+        "through_plane_radius_per_m": built.params["navigator_through_plane_radius"],
         "threads": torch.get_num_threads(),
     }
 

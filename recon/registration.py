@@ -221,11 +221,11 @@ def orbital_pose_3plane(
             f"a three-plane orbital navigator needs {len(ORBIT_PLANES)} readouts and as many references, "
             f"got {len(current)} and {len(reference)}"
         )
-    t_sum, w_sum, rot = np.zeros(3), np.zeros(3), np.zeros(3)
     if len(radii) != len(ORBIT_PLANES):
         raise ValueError(
             f"a three-plane orbital navigator needs 1 or {len(ORBIT_PLANES)} radii, got {len(radii)}"
         )
+    t_sum, w_sum, rot = np.zeros(3), np.zeros(3), np.zeros(3)
     for (a, b), cur, ref, radius in zip(ORBIT_PLANES, current, reference, radii, strict=True):
         ta, tb, turn, rms = _orbital_fit(cur, ref, radius)
         w = 1.0 / max(rms, PHASE_RMS_FLOOR) ** 2  # inverse variance of the plane's phase fit

@@ -82,7 +82,7 @@ class BenchSettings:
     navigator_every: int = 1
     navigator_type: str = "orbital"
     navigator_flip_deg: float = 30.0
-    navigator_through_plane_radius: float = 30.0
+    navigator_through_plane_radius: float | None = None  # 1/m; None = the protocol's default
     rf_duration_ms: float = 1.0
     rf_dwell_us: float = 20.0
     seed: int = 0
@@ -91,6 +91,7 @@ class BenchSettings:
     guard_slices: int = 0
 
     def overrides(self) -> dict[str, object]:
+        radius = self.navigator_through_plane_radius
         return {
             "matrix": self.matrix,
             "TR": self.tr_ms,
@@ -99,9 +100,9 @@ class BenchSettings:
             "navigator_every": self.navigator_every,
             "navigator_type": self.navigator_type,
             "navigator_flip_angle": self.navigator_flip_deg,
-            "navigator_through_plane_radius": self.navigator_through_plane_radius,
             "rf_duration": self.rf_duration_ms,
             "rf_dwell": self.rf_dwell_us,
+            **({} if radius is None else {"navigator_through_plane_radius": radius}),
         }
 
 
@@ -383,7 +384,8 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
 
     Options (``--set KEY=VALUE``): the fields of :class:`BenchSettings` (matrix, tr_ms,
     flip_deg, dummy_scans, isochromats, site, navigator_every, navigator_type,
-    navigator_flip_deg, rf_duration_ms, rf_dwell_us, seed, dead_band_mm, dead_band_deg),
+    navigator_flip_deg, navigator_through_plane_radius, rf_duration_ms, rf_dwell_us, seed,
+    dead_band_mm, dead_band_deg, guard_slices),
     trajectories (comma-separated subset of drift,step,nod,turn), out (folder for scans and the
     PNG; a temporary one when absent), png (path of the traces figure), volume (on/off: the
     volume-to-volume image method's error over :data:`VOLUME_POSES`, about 30 s).
