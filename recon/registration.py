@@ -204,10 +204,16 @@ def orbital_pose_3plane(
     positive by the right-hand rule, as ``R = Rz Ry Rx`` for small angles). A rotation about an
     axis *in* a plane does not turn that plane's profile but changes the projection, which
     corrupts the plane's phase fit most (a 3 degree rz moved the yz orbit's ty by 12 mm on a
-    head-sized test object). Each translation is seen by two orbits; they are combined with
-    weights 1 / (phase-fit rms residual)^2, so the orbit whose change is not a turn plus a
-    shift counts little. What cross-talk remains is proportional to the rotation since the last
-    applied pose, so a prospective loop removes it at the following navigators.
+    head-sized test object). Each translation is seen by two orbits. Where their radii differ
+    it is taken from the larger orbit only: a receive array's sensitivity does not move with the
+    head, so an orbit reads the shift of head x sensitivity, and the smaller the radius the more
+    the coils hold that shift back (simulated brain phantom, kept ty 2 mm: the yz orbit at 30 /m
+    read 1.80 mm, the xy orbit at 60 /m 1.96). A prospective loop cannot remove this pull, which
+    follows where the head is and not the residual since the last update: weighted in, it held
+    a kept 3 mm step at ~2.5 mm. Orbits of equal radius are combined with weights
+    1 / (phase-fit rms residual)^2, so the orbit whose change is not a turn plus a shift counts
+    little. What cross-talk remains is proportional to the rotation since the last applied pose,
+    so a prospective loop removes it at the following navigators.
 
     Args:
         current, reference: three complex readouts (coils, N) each, in the order of the planes.
@@ -226,11 +232,19 @@ def orbital_pose_3plane(
             f"a three-plane orbital navigator needs 1 or {len(ORBIT_PLANES)} radii, got {len(radii)}"
         )
     t_sum, w_sum, rot = np.zeros(3), np.zeros(3), np.zeros(3)
+    # per axis, the largest radius among the orbits that see it
+    k_max = np.zeros(3)
+    for (a, b), radius in zip(ORBIT_PLANES, radii, strict=True):
+        k_max[[a, b]] = np.maximum(k_max[[a, b]], radius)
     for (a, b), cur, ref, radius in zip(ORBIT_PLANES, current, reference, radii, strict=True):
         ta, tb, turn, rms = _orbital_fit(cur, ref, radius)
         w = 1.0 / max(rms, PHASE_RMS_FLOOR) ** 2  # inverse variance of the plane's phase fit
-        t_sum[[a, b]] += (w * ta, w * tb)
-        w_sum[[a, b]] += w
+        for axis, value in ((a, ta), (b, tb)):
+            # a smaller orbit reads the shift of head x receive sensitivity, which the coils hold
+            # back; the loop cannot remove that pull (it follows the head, not the residual)
+            if radius >= k_max[axis] * (1 - 1e-9):
+                t_sum[axis] += w * value
+                w_sum[axis] += w
         rot[3 - a - b] = turn  # the plane's normal axis
     t = t_sum / w_sum
     return (float(t[0]), float(t[1]), float(t[2])), (float(rot[0]), float(rot[1]), float(rot[2]))

@@ -252,10 +252,10 @@ def test_three_plane_closed_loop_follows_a_kept_through_plane_move(tmp_path):
     assert late, "no readout in the last part of the scan"
     poses = np.array([[*t, *r] for t, r, _ in late])
     truth = np.array([0, 2, 1, 2, 0, 0])
-    # at every late readout: tz within 0.3 mm and rx within the 0.8 degree dead band (measured:
-    # 1.00 mm, 2.01 deg), the unmoved components near 0; ty settles short (1.44 mm for 2, open
-    # in docs/feedback.md), so it is held to 0.7 mm
-    assert np.all(np.abs(poses - truth) <= [0.3, 0.7, 0.3, 0.8, 0.8, 0.8]), poses.round(2)
+    # at every late readout: the translations within 0.3 mm and the rotations within the 0.8
+    # degree dead band (measured: ty 1.87, tz 1.01 mm, rx 2.04 deg, rz -0.37 deg); ty used to
+    # settle at 1.44 while the 30 /m yz orbit, which the coils hold back, was weighted into it
+    assert np.all(np.abs(poses - truth) <= [0.3, 0.3, 0.3, 0.8, 0.8, 0.8]), poses.round(2)
 
 
 def test_retrospective_chain_undoes_translation_and_rotation_offline(tmp_path):

@@ -276,6 +276,31 @@ def test_three_plane_translations_are_weighted_by_each_orbits_phase_fit():
         orbital_pose_3plane(cur[:2], ref, 60.0)
 
 
+def test_three_plane_in_plane_translations_come_from_the_larger_orbit():
+    """With the yz and zx orbits at a smaller radius (the protocol's 30 /m against 60 /m), tx and
+    ty are the xy orbit's alone: a smaller orbit reads a shift the fixed receive coils hold back
+    (modelled here as a yz/zx orbit that sees 80 % of the move), and weighting it in would keep a
+    prospective loop short of the head. tz, seen by two orbits of one radius, stays weighted."""
+    from recon.registration import orbital_pose_3plane
+
+    t_mm = (1.0, -2.0, 1.5)
+    pulled = (0.8 * t_mm[0], 0.8 * t_mm[1], t_mm[2])
+
+    def orbits(radius_through: float) -> tuple[list, list]:
+        xy = _orbits_3plane(t_mm)[0], _orbits_3plane()[0]
+        rest = _orbits_3plane(pulled, radius_per_mm=radius_through), _orbits_3plane(radius_per_mm=radius_through)
+        return [xy[0], *rest[0][1:]], [xy[1], *rest[1][1:]]
+
+    cur, ref = orbits(0.03)
+    t, _ = orbital_pose_3plane(cur, ref, (60.0, 30.0, 30.0))
+    tx, ty, _ = orbital_pose(cur[0], ref[0], 60.0)
+    assert t[:2] == pytest.approx((tx, ty), abs=1e-9)
+    assert t == pytest.approx(t_mm, abs=0.05)
+    cur, ref = orbits(0.06)  # one radius: every orbit counts, so the pulled ones drag tx, ty
+    t, _ = orbital_pose_3plane(cur, ref, 60.0)
+    assert abs(t[1] - t_mm[1]) > 0.1 and t[2] == pytest.approx(t_mm[2], abs=0.05)
+
+
 def test_orbital_pose_refuses_mismatched_or_empty_readouts():
     with pytest.raises(ValueError, match="one shape"):
         orbital_pose(torch.zeros(2, 8, dtype=torch.complex64), torch.zeros(2, 9, dtype=torch.complex64), 40.0)
