@@ -288,7 +288,8 @@ def test_three_plane_in_plane_translations_come_from_the_larger_orbit():
 
     def orbits(radius_through: float) -> tuple[list, list]:
         xy = _orbits_3plane(t_mm)[0], _orbits_3plane()[0]
-        rest = _orbits_3plane(pulled, radius_per_mm=radius_through), _orbits_3plane(radius_per_mm=radius_through)
+        k = radius_through
+        rest = _orbits_3plane(pulled, radius_per_mm=k), _orbits_3plane(radius_per_mm=k)
         return [xy[0], *rest[0][1:]], [xy[1], *rest[1][1:]]
 
     cur, ref = orbits(0.03)
