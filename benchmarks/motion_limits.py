@@ -81,10 +81,10 @@ def main() -> dict:
     quiet = dataclasses.replace(site, noise_sigma=1e-4)  # thermal noise off (prewhitening needs > 0)
     speckle = {}
     for tr, flip, iso in ((20.0, 15.0, 9), (20.0, 15.0, 36), (100.0, 70.0, 9)):
-        s = BenchSettings(tr_ms=tr, flip_deg=flip, isochromats=iso, navigator_type="orbital")
+        s = BenchSettings.in_plane(tr_ms=tr, flip_deg=flip, isochromats=iso)
         a, b = _scan(s, quiet, seed=0), _scan(s, quiet, seed=1)
         speckle[f"TR{tr:g}_flip{flip:g}_iso{iso}"] = ssim(a, b, np.asarray(auto_mask(a)))
-    s = BenchSettings(navigator_type="orbital")  # the in-plane navigator these numbers were taken with
+    s = BenchSettings.in_plane()  # the in-plane navigator these numbers were taken with
     still = _scan(s, site)
     mask = np.asarray(auto_mask(still))
     built = sequences.build_protocol("gre2d", overrides=s.overrides())

@@ -35,7 +35,7 @@ COMPONENTS = ("tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg")
 
 def main(through_plane_radius: float | None = None) -> dict:
     torch.set_num_threads(1)
-    settings = BenchSettings(navigator_type="orbital3")
+    settings = BenchSettings(navigator_flip_deg=30.0)  # the open-loop figures were taken at 30 degrees
     if through_plane_radius is not None:
         settings = dataclasses.replace(settings, navigator_through_plane_radius=through_plane_radius)
     built = sequences.build_protocol("gre2d", overrides=settings.overrides())

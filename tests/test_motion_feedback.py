@@ -93,3 +93,31 @@ def test_applied_pose_tag_round_trips_through_mrd_bytes():
     back = ismrmrd.Acquisition.from_bytes(acq.to_bytes())
     t, r, seq = applied_pose(back)
     assert np.allclose(t, (1.5, -2.0, 0.25)) and np.allclose(r, (0.0, 1.0, -3.0)) and seq == 7
+
+
+def test_scanner_dead_band_applies_an_offset_that_persists_and_ignores_one_that_alternates():
+    """Through the scanner's channel (encoded texts in, poses out at each block): a change within
+    the dead band is not applied; with ``persist`` 3, three estimates in a row on one side of the
+    running pose beyond half the band are, while estimates that change sides are not."""
+    import dataclasses
+
+    from unisono.scan import ScannerFeedback
+
+    def send(channel, seq, rz):
+        fb = dataclasses.replace(
+            sample(), seq=seq, translation_mm=(0.0, 0.0, 0.0), rotation_deg=(0.0, 0.0, rz)
+        )
+        channel.on_item(encode(fb))
+        return channel.poll()
+
+    for persist, expected in ((0, 1.0), (3, 0.55)):
+        ch = ScannerFeedback(apply=True, min_change_deg=0.8, persist=persist)
+        assert send(ch, 0, 1.0).rotation_deg[2] == pytest.approx(1.0)  # beyond the band
+        for seq, rz in enumerate((0.5, 0.45, 0.55), start=1):  # 0.45-0.55 below it, three in a row
+            pose = send(ch, seq, rz)
+        assert pose.rotation_deg[2] == pytest.approx(expected)
+    ch = ScannerFeedback(apply=True, min_change_deg=0.8, persist=3)
+    for seq, rz in enumerate((0.5, -0.5, 0.5, -0.5, 0.5)):  # alternating: noise, never applied
+        assert send(ch, seq, rz) is None
+    with pytest.raises(ValueError, match="'persist' must be an integer >= 0"):
+        ScannerFeedback(apply=True, persist=-1)

@@ -17,7 +17,7 @@ from unisono.cli import main
 from unisono.motion_bench import BenchSettings, _image, _metrics, imaging_start_s, standard_trajectory
 from unisono.scan import ScannerFeedback, ScanRequest, make_phantom, run_scan
 
-SETTINGS = BenchSettings(matrix=32, isochromats=9, navigator_every=4, navigator_type="orbital")
+SETTINGS = BenchSettings.in_plane(matrix=32, isochromats=9, navigator_every=4)
 
 
 def _scan(tmp, tag, motion, feedback):
@@ -175,10 +175,8 @@ def test_orbital_navigator_in_the_stream_recovers_translation_and_in_plane_rotat
     from gadgets.feedback import decode, is_feedback
     from simulator.motion import MotionTrajectory
 
-    # the benchmark's setting (matrix 64: a coarser phantom blurs the orbit's magnitude profile)
-    built, site, header, phantom = _gre2d(
-        BenchSettings(navigator_every=4, navigator_type="orbital", guard_slices=0), extra_slices=0
-    )
+    # the in-plane setting (matrix 64: a coarser phantom blurs the orbit's magnitude profile)
+    built, site, header, phantom = _gre2d(BenchSettings.in_plane(navigator_every=4), extra_slices=0)
     d = float(built.seq.duration()[0])
     start = imaging_start_s(built)  # the head turns 40-45 % into the imaging part
     t0, t1 = start + 0.4 * (d - start), start + 0.45 * (d - start)
@@ -208,7 +206,7 @@ def test_three_plane_navigator_in_the_stream_reads_a_still_head_as_still():
     import simulator
     from gadgets.feedback import decode, is_feedback
 
-    settings = BenchSettings(navigator_every=4, navigator_type="orbital3", dummy_scans=16)
+    settings = BenchSettings(navigator_every=4, navigator_flip_deg=30.0, dummy_scans=16)
     built, site, header, phantom = _gre2d(settings, extra_slices=1)
     acqs = simulator.simulate(built.seq, phantom, site, header=header, isochromats_per_voxel=4)
     out = gadgets.run_chain(gadgets.load_chain("cartesian-motion"), header, list(acqs), images_only=False)
@@ -230,14 +228,18 @@ def test_three_plane_closed_loop_follows_a_kept_through_plane_move(tmp_path):
     from gadgets.motion import TIME_TICK_S
     from simulator.motion import MotionTrajectory
 
-    settings = BenchSettings(navigator_every=4, navigator_type="orbital3", navigator_flip_deg=5.0,
-                             dummy_scans=16, isochromats=4, guard_slices=1)  # fmt: skip
+    settings = BenchSettings(navigator_every=4, dummy_scans=16, isochromats=4)
     built = sequences.build_protocol("gre2d", overrides=settings.overrides())
     d, start = float(built.seq.duration()[0]), imaging_start_s(built)
     t0 = start + 0.2 * (d - start)
     motion = MotionTrajectory([0, t0, t0 + 0.3], [[0, 0, 0], [0, 0, 0], [0, 2, 1]],
                               [[0, 0, 0], [0, 0, 0], [2, 0, 0]])  # fmt: skip
-    channel = ScannerFeedback(apply=True, min_change_deg=0.8, sync_timeout_s=1.0)
+    channel = ScannerFeedback(
+        apply=True,
+        min_change_deg=settings.dead_band_deg,
+        sync_timeout_s=1.0,
+        persist=settings.dead_band_persist,
+    )
     request = ScanRequest(
         protocol="gre2d", site="siteA", out=tmp_path, overrides=settings.overrides(),
         chain="cartesian-motion", feedback=True, device="cpu",
@@ -266,7 +268,7 @@ def test_retrospective_chain_undoes_translation_and_rotation_offline(tmp_path):
     from harmonize.metrics import ssim
     from simulator.motion import MotionTrajectory
 
-    built, site, header, phantom = _gre2d(BenchSettings(navigator_every=2, navigator_type="orbital"))
+    built, site, header, phantom = _gre2d(BenchSettings.in_plane(navigator_every=2))
     d = float(built.seq.duration()[0])
     start = imaging_start_s(built)
     t0 = start + 0.35 * (d - start)

@@ -19,22 +19,22 @@ the brain mask). Latency is the client-side round trip (readout handed to the so
 feedback decoded), an upper bound of the server's navigator-in -> feedback-out time, plus
 the estimator's own time stamped in each message.
 
-Defaults keep one run to a few minutes on 2 CPU cores: matrix 64, the project's T1-weighted
-protocol (TR 100 ms, flip 70 degrees, 40 dummy TRs, as the traveling-subject study), 9
-isochromats per voxel (a 3 x 3 in-plane grid, which cancels the protocol's 2-cycle spoilers),
-a 1 ms / 20 us RF pulse (the RF Bloch step dominates when spins move), an orbital navigator
-(tx, ty, rz) before every imaging TR and in the dummy TRs (it adds ~4 ms to each TR) with a 30
-degree navigator flip, dead band 0.2 mm / 0.4 deg (about three times the navigators' noise,
-0.07 mm and 0.13 deg RMS).
+Defaults: matrix 64, the project's T1-weighted protocol (TR 100 ms, flip 70 degrees, 40 dummy
+TRs, as the traveling-subject study), 9 isochromats per voxel (a 3 x 3 in-plane grid, which
+cancels the protocol's 2-cycle spoilers), a 1 ms / 20 us RF pulse (the RF Bloch step dominates
+when spins move), and a three-plane orbital navigator (``navigator_type = "orbital3"``: a
+5 degree non-selective pulse, then k-space circles in the xy plane at 60 /m and the yz and zx
+planes at ``navigator_through_plane_radius``, 30 /m: all six rigid parameters; ~6 ms) before
+every imaging TR and in the dummy TRs, on a phantom with one guard slice above and one below
+the imaged one, so that the navigator sees the head's extent along z and a nod moves tissue
+into the slice. Dead band 0.2 mm / 0.8 deg: a turn of the scanner's frame reads about twice as
+large for some TRs at this flip angle, and 0.4 deg let that cycle. One scan takes about 5
+minutes on one core (three slices of spins); the whole run about 70 minutes.
 
-``--set navigator_type=orbital3 --set guard_slices=1`` runs the through-plane setting: a
-three-plane orbital navigator (a non-selective pulse, then k-space circles in the xy plane at
-60 /m and the yz and zx planes at ``navigator_through_plane_radius``, 30 /m: all six rigid
-parameters; ~6 ms) on a phantom with one slice above and one below the imaged one, so that the
-non-selective navigator sees the head's extent along z and a nod moves tissue into the slice
-rather than nothing. It needs about 3x the spins (about 5 minutes per scan on one core). With
-``--set navigator_flip_deg=5 --set dead_band_deg=0.8`` it recovers 80 % of the nod but less
-than the in-plane default on the other trajectories (docs/benchmarks.md, sixth session).
+``BenchSettings.in_plane()`` (``--set navigator_type=orbital --set navigator_flip_deg=30 --set
+guard_slices=0 --set dead_band_deg=0.4``) is the earlier default: one orbit in the slice plane
+(tx, ty, rz), 30 degrees, dead band 0.2 mm / 0.4 deg (about three times its noise, 0.07 mm and
+0.13 deg RMS); it cannot see the nod's through-plane part. docs/benchmarks.md has both tables.
 
 Why TR 100 ms and not the protocol's default 20 ms / 15 degrees: with a finite number of spins
 per voxel the residual transverse coherences of a short-TR spoiled steady state leave a
@@ -67,6 +67,10 @@ from unisono.scan import DEAD_BAND_DEG, DEAD_BAND_MM
 __all__ = ["BenchSettings", "standard_trajectory", "run_benchmark", "TRAJECTORIES"]
 
 TRAJECTORIES = ("drift", "step", "nod", "turn")
+#: rotation dead band (deg) of the three-plane setting: a turn of the scanner's frame reads about
+#: twice as large with a 5 degree non-selective navigator for some TRs, and at 0.4 degrees that
+#: loop gain cycled rz after the nod (docs/feedback.md)
+THREE_PLANE_DEAD_BAND_DEG = 0.8
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,24 @@ class BenchSettings:
     isochromats: int = 9
     site: str = "siteA"
     navigator_every: int = 1
-    navigator_type: str = "orbital"
-    navigator_flip_deg: float = 30.0
+    navigator_type: str = "orbital3"
+    navigator_flip_deg: float = 5.0
     navigator_through_plane_radius: float | None = None  # 1/m; None = the protocol's default
     rf_duration_ms: float = 1.0
     rf_dwell_us: float = 20.0
     seed: int = 0
     dead_band_mm: float = DEAD_BAND_MM
-    dead_band_deg: float = DEAD_BAND_DEG
-    guard_slices: int = 0
+    dead_band_deg: float = THREE_PLANE_DEAD_BAND_DEG
+    dead_band_persist: int = 3  # see ScannerFeedback.persist
+    guard_slices: int = 1
+
+    @classmethod
+    def in_plane(cls, **changes: Any) -> BenchSettings:
+        """The in-plane orbital navigator's setting (the benchmark's default until the seventh
+        session): one orbit in the slice plane at 30 degrees, no guard slices, the scanner's
+        default dead band."""
+        return cls(**{"navigator_type": "orbital", "navigator_flip_deg": 30.0, "guard_slices": 0,
+                      "dead_band_deg": DEAD_BAND_DEG, "dead_band_persist": 0, **changes})  # fmt: skip
 
     def overrides(self) -> dict[str, object]:
         radius = self.navigator_through_plane_radius
@@ -385,7 +398,7 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
     Options (``--set KEY=VALUE``): the fields of :class:`BenchSettings` (matrix, tr_ms,
     flip_deg, dummy_scans, isochromats, site, navigator_every, navigator_type,
     navigator_flip_deg, navigator_through_plane_radius, rf_duration_ms, rf_dwell_us, seed,
-    dead_band_mm, dead_band_deg, guard_slices),
+    dead_band_mm, dead_band_deg, dead_band_persist, guard_slices),
     trajectories (comma-separated subset of drift,step,nod,turn), out (folder for scans and the
     PNG; a temporary one when absent), png (path of the traces figure), volume (on/off: the
     volume-to-volume image method's error over :data:`VOLUME_POSES`, about 30 s).
@@ -434,7 +447,11 @@ def run_benchmark(device: str = "auto", repeats: int = 5, **opts: Any) -> dict:
             _oracle_channel(motion, ScannerFeedback, dead_band, last_nav_segment)
             if oracle
             else ScannerFeedback(
-                feedback, min_change_mm=dead_band[0], min_change_deg=dead_band[1], sync_timeout_s=1.0
+                feedback,
+                min_change_mm=dead_band[0],
+                min_change_deg=dead_band[1],
+                sync_timeout_s=1.0,
+                persist=settings.dead_band_persist,
             )
         )
         request = ScanRequest(

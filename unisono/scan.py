@@ -70,6 +70,11 @@ class ScannerFeedback:
             0.13 deg RMS); 0.5 mm let a slow drift run uncorrected for seconds, and 0.2 deg let
             rotation noise through (``unisono bench motion``, drift recovered: 71 % with
             0.5 mm, 78 % with 0.2 deg, 88 % with 0.2 mm / 0.4 deg).
+        persist: a pose inside the dead band is applied all the same when this many estimates
+            in a row (0 = never) put one component more than half the band to the same side of
+            the running pose: a wrong update made during a sudden move (a 0.44 deg turn read
+            while the head stepped 3 mm) would otherwise stay for the rest of the scan, while
+            noise and the alternating read-out after a frame turn change sides.
         sync_timeout_s: lockstep mode (reproducible runs): after a navigator, the next excitation
             waits at most this long (wall clock) for its estimate; None = apply whatever has arrived.
     """
@@ -81,9 +86,12 @@ class ScannerFeedback:
         min_change_mm: float = DEAD_BAND_MM,
         min_change_deg: float = DEAD_BAND_DEG,
         sync_timeout_s: float | None = None,
+        persist: int = 0,
     ) -> None:
         if min_change_mm < 0 or min_change_deg < 0:
             raise ValueError("feedback dead band (min_change_mm, min_change_deg) must be >= 0")
+        if not isinstance(persist, int) or persist < 0:
+            raise ValueError(f"feedback dead band 'persist' must be an integer >= 0, got {persist!r}")
         if sync_timeout_s is not None and not sync_timeout_s > 0:
             raise ValueError(f"sync_timeout_s must be > 0 s or None, got {sync_timeout_s!r}")
         self.apply = apply
@@ -92,6 +100,7 @@ class ScannerFeedback:
         self.min_change_mm = min_change_mm
         self.min_change_deg = min_change_deg
         self.sync_timeout_s = sync_timeout_s
+        self.persist = persist
         self._block = 0
         self.received: list[Any] = []
         self.arrival_s: list[float] = []
@@ -137,14 +146,30 @@ class ScannerFeedback:
                 lambda: self._latest is not None and self._latest.scan_counter >= target, self.sync_timeout_s
             )
 
+    def _offset(self, fb: Any) -> np.ndarray:
+        """(6,) change of ``fb`` from the running pose, each component in units of its dead band."""
+        cur = np.zeros(6) if self._applied is None else self._pose(self._applied)
+        band = np.repeat([self.min_change_mm, self.min_change_deg], 3)
+        return (self._pose(fb) - cur) / np.maximum(band, 1e-12)
+
+    @staticmethod
+    def _pose(fb: Any) -> np.ndarray:
+        return np.r_[np.asarray(fb.translation_mm, dtype=float), np.asarray(fb.rotation_deg, dtype=float)]
+
     def _worth_applying(self, fb: Any) -> bool:
-        """Dead band: a pose within it of the running one is not applied (each update re-phases)."""
-        cur_t = np.zeros(3) if self._applied is None else np.asarray(self._applied.translation_mm)
-        cur_r = np.zeros(3) if self._applied is None else np.asarray(self._applied.rotation_deg)
-        return bool(
-            np.abs(np.asarray(fb.translation_mm) - cur_t).max() > self.min_change_mm
-            or np.abs(np.asarray(fb.rotation_deg) - cur_r).max() > self.min_change_deg
-        )
+        """Dead band: a pose within it of the running one is not applied (each update re-phases),
+        unless the last ``persist`` estimates all lie beyond half the band on one side of the
+        running pose in one component: an offset that lasts is the head's, not noise."""
+        if np.abs(self._offset(fb)).max() > 1.0:
+            return True
+        if self.persist < 1:
+            return False
+        since = -1 if self._applied is None else self._applied.seq
+        newer = [f for f in self.received[-self.persist :] if f.seq > since]
+        if len(newer) < self.persist:
+            return False
+        offsets = np.array([self._offset(f) for f in newer])
+        return bool(np.any(np.all(offsets > 0.5, axis=0) | np.all(offsets < -0.5, axis=0)))
 
     def poll(self):
         """The pose for the next block (``simulator.motion.RigidTransform``), or None before any feedback."""
