@@ -28,13 +28,15 @@ planes at ``navigator_through_plane_radius``, 30 /m: all six rigid parameters; ~
 every imaging TR and in the dummy TRs, on a phantom with one guard slice above and one below
 the imaged one, so that the navigator sees the head's extent along z and a nod moves tissue
 into the slice. Dead band 0.2 mm / 0.8 deg: a turn of the scanner's frame reads about twice as
-large for some TRs at this flip angle, and 0.4 deg let that cycle. One scan takes about 5
+large for some TRs at this flip angle, and 0.4 deg let that cycle; with ``dead_band_persist`` 3
+an offset that three estimates in a row agree on is applied inside the band too. One scan takes about 5
 minutes on one core (three slices of spins); the whole run about 70 minutes.
 
 ``BenchSettings.in_plane()`` (``--set navigator_type=orbital --set navigator_flip_deg=30 --set
-guard_slices=0 --set dead_band_deg=0.4``) is the earlier default: one orbit in the slice plane
-(tx, ty, rz), 30 degrees, dead band 0.2 mm / 0.4 deg (about three times its noise, 0.07 mm and
-0.13 deg RMS); it cannot see the nod's through-plane part. docs/benchmarks.md has both tables.
+guard_slices=0 --set dead_band_deg=0.4 --set dead_band_persist=0``) is the earlier default:
+one orbit in the slice plane (tx, ty, rz), 30 degrees, dead band 0.2 mm / 0.4 deg (about three
+times its noise, 0.07 mm and 0.13 deg RMS); it cannot see the nod's through-plane part.
+docs/benchmarks.md has both tables.
 
 Why TR 100 ms and not the protocol's default 20 ms / 15 degrees: with a finite number of spins
 per voxel the residual transverse coherences of a short-TR spoiled steady state leave a
@@ -254,6 +256,7 @@ def _oracle_channel(motion, base: type, dead_band: tuple[float, float], last_seg
 
     class OracleFeedback(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
+            # the plain dead band: `persist` undoes wrong estimates, which the true pose never makes
             super().__init__(apply=True, min_change_mm=dead_band[0], min_change_deg=dead_band[1])
             self._navs = 0
             self._ref_s: float | None = None

@@ -146,21 +146,18 @@ class ScannerFeedback:
                 lambda: self._latest is not None and self._latest.scan_counter >= target, self.sync_timeout_s
             )
 
-    def _offset(self, fb: Any) -> np.ndarray:
-        """(6,) change of ``fb`` from the running pose, each component in units of its dead band."""
-        cur = np.zeros(6) if self._applied is None else self._pose(self._applied)
-        band = np.repeat([self.min_change_mm, self.min_change_deg], 3)
-        return (self._pose(fb) - cur) / np.maximum(band, 1e-12)
-
-    @staticmethod
-    def _pose(fb: Any) -> np.ndarray:
-        return np.r_[np.asarray(fb.translation_mm, dtype=float), np.asarray(fb.rotation_deg, dtype=float)]
+    def _change(self, fb: Any) -> np.ndarray:
+        """(6,) change of ``fb`` from the running pose: (tx, ty, tz) mm, (rx, ry, rz) deg."""
+        cur = self._applied
+        now = np.zeros(6) if cur is None else np.r_[cur.translation_mm, cur.rotation_deg]
+        return np.r_[fb.translation_mm, fb.rotation_deg] - now
 
     def _worth_applying(self, fb: Any) -> bool:
         """Dead band: a pose within it of the running one is not applied (each update re-phases),
         unless the last ``persist`` estimates all lie beyond half the band on one side of the
         running pose in one component: an offset that lasts is the head's, not noise."""
-        if np.abs(self._offset(fb)).max() > 1.0:
+        band = np.repeat([self.min_change_mm, self.min_change_deg], 3)
+        if np.any(np.abs(self._change(fb)) > band):
             return True
         if self.persist < 1:
             return False
@@ -168,8 +165,8 @@ class ScannerFeedback:
         newer = [f for f in self.received[-self.persist :] if f.seq > since]
         if len(newer) < self.persist:
             return False
-        offsets = np.array([self._offset(f) for f in newer])
-        return bool(np.any(np.all(offsets > 0.5, axis=0) | np.all(offsets < -0.5, axis=0)))
+        changes = np.array([self._change(f) for f in newer])
+        return bool(np.any(np.all(changes > band / 2, axis=0) | np.all(changes < -band / 2, axis=0)))
 
     def poll(self):
         """The pose for the next block (``simulator.motion.RigidTransform``), or None before any feedback."""
