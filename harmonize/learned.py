@@ -16,8 +16,9 @@ the training sites' particular ones.
 The smooth-field variants (``UNetConfig(output="gain" | "fields")``, fit methods
 ``unet-gain`` / ``unet-fields``) train the same way, but the network only predicts smooth
 fields that define a per-pixel monotone intensity map (see harmonize.unet), so anatomy
-and texture are the input's; their profiles then set the output's in-mask median to the
-training targets' (``parameters["output_scale"]``, one gain, see ``scale_output``).
+and texture are the input's; their profiles then set the output's parenchyma level to the
+training targets' (``parameters["output_scale"]``, one gain, see ``scale_output``), so that
+every image's CSF share stays in its absolute intensities and a pooled analysis sees it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch.nn import functional as F
 
 from harmonize._arrays import as_magnitude, check_mask
 from harmonize.unet import UNet2D, UNetConfig, pad_to_multiple
+from harmonize.volumes import PARENCHYMA_PERCENTILE, log_field
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +234,35 @@ def predict(model: UNet2D, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return res[0] if img.ndim == 2 else res
 
 
+def parenchyma_level(image: np.ndarray, mask: np.ndarray) -> float:
+    """The image's parenchyma level (image units): in-mask 95th percentile after its smooth
+    multiplicative field (receive shading, harmonize.volumes.log_field) is divided out.
+
+    Unlike the median, it does not move with the share of dark CSF in the mask; and an image
+    scaled to a given level has, once flattened, the same parenchyma intensity whatever the
+    shading it carries (where the head sat under the coils), unlike one scaled by a percentile
+    of the shaded image."""
+    img = as_magnitude(image)
+    m = check_mask(mask, img.shape)
+    return float(np.percentile((img / log_field(img, m))[m], PARENCHYMA_PERCENTILE))
+
+
+def output_level(out: np.ndarray, mask: np.ndarray, statistic: str) -> float:
+    """The in-mask level an output scale pins: statistic "parenchyma" (``parenchyma_level``,
+    what ``fit`` writes) or "median" (older smooth-field profiles, still loadable)."""
+    if statistic == "parenchyma":
+        return parenchyma_level(out, mask)
+    if statistic == "median":
+        return float(np.median(out[check_mask(mask, out.shape)]))
+    raise ValueError(f"output_scale statistic must be 'parenchyma' or 'median', got {statistic!r}")
+
+
 def scale_output(out: np.ndarray, mask: np.ndarray, scale: dict[str, Any]) -> np.ndarray:
-    """Multiply ``out`` by one gain so that its in-mask ``scale["statistic"]`` equals ``scale["value"]``."""
-    if scale.get("statistic") != "median":
-        raise ValueError(f"output_scale statistic must be 'median', got {scale.get('statistic')!r}")
+    """Multiply ``out`` by one gain so that its ``output_level`` (``scale["statistic"]``) is ``scale["value"]``."""
     m = check_mask(mask, out.shape)
-    level = float(np.median(out[m])) if m.any() else 0.0
+    if not m.any():
+        return out
+    level = output_level(out, m, str(scale.get("statistic")))
     if level <= 0:
         return out
     return (out * (float(scale["value"]) / level)).astype(np.float32)
@@ -248,11 +273,11 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
 
     A profile with parameters["output_cdf"] (a CdfReference dict, target-site units) then
     warps the network's output histogram onto that reference (the "unet+cdf" variant). One
-    with parameters["output_scale"] ({"statistic": "median", "value": v}) then multiplies the
-    output by one gain so that its in-mask median is v (the smooth-field variants). One with
+    with parameters["output_scale"] ({"statistic": "parenchyma" | "median", "value": v}) then
+    multiplies the output by one gain so that that level is v (the smooth-field variants). One with
     parameters["site_contrast"] (harmonize.site_contrast) then maps the output through the
     curve of ``site`` (the scanner the image comes from; unknown sites pass unchanged) and
-    re-applies the median anchor, so that the median stays pinned whatever the curve.
+    re-applies the anchor, so that the level stays pinned whatever the curve.
     """
     out = predict(_model_for(profile), image, mask)
     scale = profile.parameters.get("output_scale")

@@ -8,7 +8,15 @@ import torch
 
 from harmonize import apply_profile, list_profiles, load_profile
 from harmonize.fit import fit_profile
-from harmonize.learned import TrainingConfig, intensity_unit, predict, train_unet
+from harmonize.learned import (
+    TrainingConfig,
+    intensity_unit,
+    parenchyma_level,
+    predict,
+    scale_output,
+    train_unet,
+)
+from harmonize.volumes import log_field
 from harmonize.study import synthetic_study
 from harmonize.synthetic import synthetic_scan, synthetic_subject
 from harmonize.unet import UNet2D, UNetConfig
@@ -248,15 +256,53 @@ def test_gain_profile_is_self_describing_and_round_trips(tmp_path):
     prof = fit_profile("unet-gain", study, tmp_path / "g.json", target_site="A", training=cfg)
     assert prof.method == "unet"
     assert prof.parameters["unet"]["output"] == "gain" and prof.parameters["unet"]["field_degree"] == 2
-    assert prof.parameters["output_scale"]["statistic"] == "median"
+    assert prof.parameters["output_scale"]["statistic"] == "parenchyma"
     loaded = load_profile(tmp_path / "g.json")
     assert loaded.sha256 == prof.sha256
     img, m = study.get(1, "B").image, study.get(1, "B").mask
     out = apply_profile(loaded, img, m)
     np.testing.assert_array_equal(out, apply_profile(prof, img, m))
-    # the output scale: in-mask median at the training targets' mean median
-    assert np.median(out[m]) == pytest.approx(prof.parameters["output_scale"]["value"], rel=1e-5)
+    # the output scale: parenchyma level at the training targets' mean level
+    assert parenchyma_level(out, m) == pytest.approx(prof.parameters["output_scale"]["value"], rel=1e-5)
     assert np.all(out[~m] == 0)
+
+
+def _shaded_head(csf_radius: float, shift: float = 0.0):
+    """Closed-form (1, 64, 64) head: parenchyma 1, a central CSF disk 0.4, under exp(quadratic) shading."""
+    y, x = np.mgrid[-1:1:64j, -1:1:64j]
+    r = np.hypot(x, y)
+    mask = r < 0.8
+    tissue = np.where(r < csf_radius, 0.4, 1.0)
+    shading = np.exp(0.6 * (x - shift) + 0.3 * y**2 - 0.2 * x * y)
+    return (tissue * shading * mask)[None].astype(np.float32), mask[None], tissue[None]
+
+
+def test_parenchyma_anchor_keeps_the_csf_share_in_absolute_units():
+    """One gain that pins the field-corrected P95: the level ignores the CSF share and the
+    receive gain, so the flattened mean of the output is value * (1 - f (1 - C/P)) exactly."""
+    value = 0.7
+    scale = {"statistic": "parenchyma", "value": value}
+    means = []
+    for radius, gain in ((0.2, 1.0), (0.4, 37.0)):
+        img, m, tissue = _shaded_head(radius)
+        out = scale_output(img * gain, m, scale)
+        assert parenchyma_level(out, m) == pytest.approx(value, rel=1e-5)
+        flat = out / log_field(out, m)
+        f = float((tissue[m] < 1).mean())
+        assert flat[m].mean() == pytest.approx(value * (1 - f * (1 - 0.4)), rel=2e-3)
+        means.append(flat[m].mean())
+    assert means[1] < means[0] - 0.05  # more CSF, darker: the difference survives the anchor
+    # a median anchor pins both images to one median: the CSF share no longer shows in the mean
+    med = [scale_output(_shaded_head(r)[0], _shaded_head(r)[1], {"statistic": "median", "value": value})
+           for r in (0.2, 0.4)]  # fmt: skip
+    m = _shaded_head(0.2)[1]
+    assert abs(float(med[1][m].mean() - med[0][m].mean())) < 0.5 * abs(float(means[1] - means[0]))
+    # where the head sits under the coils: other shading, the same anchored, flattened image
+    moved, m2, _ = _shaded_head(0.2, shift=0.3)
+    out = scale_output(moved, m2, scale)
+    np.testing.assert_allclose((out / log_field(out, m2))[m2].mean(), means[0], rtol=1e-4)
+    with pytest.raises(ValueError, match="statistic must be"):
+        scale_output(moved, m2, {"statistic": "mode", "value": 1.0})
 
 
 def test_residual_profiles_without_output_field_still_load():
