@@ -258,7 +258,8 @@ def output_level(out: np.ndarray, mask: np.ndarray, statistic: str) -> float:
 
 
 def scale_output(out: np.ndarray, mask: np.ndarray, scale: dict[str, Any]) -> np.ndarray:
-    """Multiply ``out`` by one gain so that its ``output_level`` (``scale["statistic"]``) is ``scale["value"]``."""
+    """Multiply ``out`` by one gain so that its ``output_level`` (statistic ``scale["statistic"]``)
+    is ``scale["value"]``."""
     m = check_mask(mask, out.shape)
     if not m.any():
         return out

@@ -16,10 +16,10 @@ from harmonize.learned import (
     scale_output,
     train_unet,
 )
-from harmonize.volumes import log_field
 from harmonize.study import synthetic_study
 from harmonize.synthetic import synthetic_scan, synthetic_subject
 from harmonize.unet import UNet2D, UNetConfig
+from harmonize.volumes import log_field
 
 
 def test_untrained_unet_is_the_identity_in_intensity_units():
