@@ -39,7 +39,7 @@ LEARNED_VARIANTS: dict[str, dict] = {
     "unet-gain": {"output": "gain", "field_degree": 2},
     "unet-fields": {"output": "fields", "field_degree": 2},
 }
-#: per-image output scale of the smooth-field variants: the parenchyma level (harmonize.learned.
+#: per-image output scale of the smooth-field variants: the parenchyma level (harmonize.volumes.
 #: parenchyma_level) is set to the training targets' mean one. One global gain keeps the image's
 #: composition, unlike histogram matching; and a level that does not move with the CSF share (the
 #: median did: pooled atrophy r 0.24 on the 48-subject study, 0.94 with this) keeps it in

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from harmonize._arrays import as_magnitude, check_mask
 from harmonize.unet import UNet2D, UNetConfig, pad_to_multiple
-from harmonize.volumes import PARENCHYMA_PERCENTILE, log_field
+from harmonize.volumes import parenchyma_level
 
 log = logging.getLogger(__name__)
 
@@ -234,22 +234,10 @@ def predict(model: UNet2D, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return res[0] if img.ndim == 2 else res
 
 
-def parenchyma_level(image: np.ndarray, mask: np.ndarray) -> float:
-    """The image's parenchyma level (image units): in-mask 95th percentile after its smooth
-    multiplicative field (receive shading, harmonize.volumes.log_field) is divided out.
-
-    Unlike the median, it does not move with the share of dark CSF in the mask; and an image
-    scaled to a given level has, once flattened, the same parenchyma intensity whatever the
-    shading it carries (where the head sat under the coils), unlike one scaled by a percentile
-    of the shaded image."""
-    img = as_magnitude(image)
-    m = check_mask(mask, img.shape)
-    return float(np.percentile((img / log_field(img, m))[m], PARENCHYMA_PERCENTILE))
-
-
 def output_level(out: np.ndarray, mask: np.ndarray, statistic: str) -> float:
-    """The in-mask level an output scale pins: statistic "parenchyma" (``parenchyma_level``,
-    what ``fit`` writes) or "median" (older smooth-field profiles, still loadable)."""
+    """The in-mask level an output scale pins: statistic "parenchyma"
+    (harmonize.volumes.parenchyma_level, what ``fit`` writes) or "median" (older smooth-field
+    profiles, still loadable)."""
     if statistic == "parenchyma":
         return parenchyma_level(out, mask)
     if statistic == "median":

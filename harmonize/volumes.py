@@ -262,6 +262,24 @@ CSF_PERCENTILE = 2.0
 OFFSET_SHARE = 0.005
 
 
+def field_corrected_values(image: object, mask: object) -> np.ndarray:
+    """In-mask intensities (n,) of a zero-based image with its ``log_field`` divided out (image units)."""
+    x = as_magnitude(image)
+    m = check_mask(mask, x.shape)
+    return (x / log_field(x, m))[m]
+
+
+def parenchyma_level(image: object, mask: object) -> float:
+    """The image's parenchyma level (image units): the ``PARENCHYMA_PERCENTILE`` of its
+    ``field_corrected_values`` -- the P of ``csf_signal_fractions``.
+
+    Unlike the median, it does not move with the share of dark CSF in the mask; and an image
+    scaled to a given level has, once flattened, the same parenchyma intensity whatever the
+    shading it carries (where the head sat under the coils), unlike one scaled by a percentile
+    of the shaded image. The smooth-field U-Net profiles pin it (harmonize.learned.scale_output)."""
+    return float(np.percentile(field_corrected_values(image, mask), PARENCHYMA_PERCENTILE))
+
+
 def csf_signal_fractions(
     images: Sequence[object], masks: Sequence[object], pooled: bool = False
 ) -> np.ndarray:
@@ -290,7 +308,7 @@ def csf_signal_fractions(
         elif np.mean(x[m] <= 0) > OFFSET_SHARE:
             vals.append(None)
         else:
-            vals.append((x / log_field(x, m))[m])
+            vals.append(field_corrected_values(x, m))
     if pooled:
         pool = np.concatenate(vals)
         p, c = np.percentile(pool, [PARENCHYMA_PERCENTILE, CSF_PERCENTILE])

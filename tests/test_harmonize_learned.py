@@ -11,7 +11,6 @@ from harmonize.fit import fit_profile
 from harmonize.learned import (
     TrainingConfig,
     intensity_unit,
-    parenchyma_level,
     predict,
     scale_output,
     train_unet,
@@ -19,7 +18,7 @@ from harmonize.learned import (
 from harmonize.study import synthetic_study
 from harmonize.synthetic import synthetic_scan, synthetic_subject
 from harmonize.unet import UNet2D, UNetConfig
-from harmonize.volumes import log_field
+from harmonize.volumes import log_field, parenchyma_level
 
 
 def test_untrained_unet_is_the_identity_in_intensity_units():

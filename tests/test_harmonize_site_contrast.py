@@ -9,7 +9,7 @@ import pytest
 
 from harmonize import apply_profile, load_profile
 from harmonize.fit import fit_profile, with_site_contrast
-from harmonize.learned import TrainingConfig, parenchyma_level
+from harmonize.learned import TrainingConfig
 from harmonize.profile import HarmonizationProfile
 from harmonize.site_contrast import (
     SiteContrast,
@@ -19,6 +19,7 @@ from harmonize.site_contrast import (
 )
 from harmonize.study import synthetic_study
 from harmonize.unet import UNetConfig
+from harmonize.volumes import parenchyma_level
 from unisono.cli import main
 
 SHAPE = (1, 48, 48)
