@@ -20,7 +20,11 @@ units can share one table:
   harmonize.volumes.csf_signal_fractions (linear partial-volume unmixing of the mean,
   per image; None for offset scales, which have no zero); atrophy_r: the same with ONE
   parenchyma/CSF reference for all images (a pooled multi-site analysis, which needs a
-  common intensity scale).
+  common intensity scale). Each r comes with a 95 % subject-bootstrap interval (``_ci95``:
+  whole subjects resampled, 2000 times, see metrics.bootstrap_pearson_r), and each method
+  with the paired interval of its r minus raw's (``_minus_raw_ci95``: the same resamples for
+  both), which says whether harmonization kept the effect as far as the raw images carry it.
+  The pooled read-out's P and C stay those of all the images in every resample.
 """
 
 from __future__ import annotations
@@ -56,10 +60,30 @@ def harmonize_scans(
     return out
 
 
+#: the two atrophy read-outs: score name -> csf_signal_fractions(pooled=...)
+READOUTS = {"atrophy_r": True, "atrophy_r_per_image": False}
+
+
+def atrophy_readouts(scans: Sequence[StudyScan], images: Mapping[Key, np.ndarray]) -> dict[str, np.ndarray]:
+    """The CSF read-outs (n_scans,) of each READOUTS score (harmonize.volumes.csf_signal_fractions)."""
+    ims = [images[s.key] for s in scans]
+    masks = [s.mask for s in scans]
+    return {name: csf_signal_fractions(ims, masks, pooled=pooled) for name, pooled in READOUTS.items()}
+
+
+def _r_samples(scans: Sequence[StudyScan], readout: np.ndarray) -> np.ndarray | None:
+    """Subject-bootstrap samples of r(atrophy, readout); one seed, so samples of two read-outs pair."""
+    return M.bootstrap_pearson_r([s.atrophy for s in scans], readout, [s.subject for s in scans])
+
+
 def score_method(
-    scans: Sequence[StudyScan], images: Mapping[Key, np.ndarray], heldout_sites=()
-) -> dict[str, float | None]:
-    """Scores of one method's ``images`` (keyed like the scans) — see the module docstring."""
+    scans: Sequence[StudyScan],
+    images: Mapping[Key, np.ndarray],
+    heldout_sites=(),
+    readouts: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Scores of one method's ``images`` (keyed like the scans) — see the module docstring.
+    readouts: atrophy_readouts(scans, images) when already computed."""
     by_subject: dict[int, list[StudyScan]] = {}
     for s in scans:
         if s.labels is None:
@@ -85,10 +109,10 @@ def score_method(
             w1.append(M.wasserstein1(ia[a.mask], ib[b.mask]) / abs(contrast))
         spread.append(M.tissue_mean_spread(imgs, lab, [CSF, GM, WM], WM, CSF))
     feats = np.array([M.site_features(images[s.key], s.mask) for s in scans])
-    ims = [images[s.key] for s in scans]
-    masks = [s.mask for s in scans]
     atrophy = [s.atrophy for s in scans]
-    out = {
+    if readouts is None:
+        readouts = atrophy_readouts(scans, images)
+    out: dict[str, Any] = {
         "ssim": float(np.mean(ssim)),
         "psnr_db": float(np.mean(psnr)),
         "w1": float(np.mean(w1)),
@@ -110,9 +134,11 @@ def score_method(
                 ]
             )
         ),
-        "atrophy_r": M.pearson_r(atrophy, csf_signal_fractions(ims, masks, pooled=True)),
-        "atrophy_r_per_image": M.pearson_r(atrophy, csf_signal_fractions(ims, masks, pooled=False)),
     }
+    for name in READOUTS:
+        out[name] = M.pearson_r(atrophy, readouts[name])
+        samples = _r_samples(scans, readouts[name])
+        out[f"{name}_ci95"] = None if samples is None else list(M.percentile_interval(samples))
     if ssim_held:
         out["ssim_heldout_site"] = float(np.mean(ssim_held))
     return out
@@ -143,14 +169,26 @@ def evaluate_study(
         "methods": {},
     }
     images = {}
+    readouts: dict[str, dict[str, np.ndarray]] = {}
+    raw = None  # the unharmonized method's name, if scored
     for name, prof in profiles.items():
         imgs = harmonize_scans(scans, prof)
-        scores = score_method(scans, imgs, heldout_sites)
-        if prof is not None:
+        readouts[name] = atrophy_readouts(scans, imgs)
+        scores = score_method(scans, imgs, heldout_sites, readouts[name])
+        if prof is None:
+            raw = name
+        else:
             scores["profile_sha256"] = prof.sha256
         result["methods"][name] = scores
         if keep_images:
             images[name] = imgs
+    for name in result["methods"]:
+        if raw is None or name == raw:
+            continue
+        for key in READOUTS:
+            a, b = _r_samples(scans, readouts[name][key]), _r_samples(scans, readouts[raw][key])
+            paired = None if a is None or b is None else list(M.percentile_interval(a - b))
+            result["methods"][name][f"{key}_minus_raw_ci95"] = paired
     if keep_images:
         result["images"] = images
     return result
@@ -173,6 +211,28 @@ def format_table(result: Mapping[str, Any]) -> str:
     present = [c for c in cols if any(c[0] in s for s in result["methods"].values())]
     lines = ["| method | " + " | ".join(h for _, h in present) + " |", "|---" * (len(present) + 1) + "|"]
     for name, s in result["methods"].items():
-        cells = [("n/a" if s[k] is None else f"{s[k]:.3f}") if k in s else "–" for k, _ in present]
+        cells = [_cell(s, k) for k, _ in present]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    paired = [n for n, s in result["methods"].items() if any(f"{k}_minus_raw_ci95" in s for k in READOUTS)]
+    if paired:
+        lines += ["", "| method | atrophy r pooled − raw, 95 % CI | atrophy r per image − raw, 95 % CI |"]
+        lines.append("|---|---|---|")
+        for name in paired:
+            s = result["methods"][name]
+            cells = [_interval(s.get(f"{k}_minus_raw_ci95")) for k in READOUTS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _interval(ci: Sequence[float] | None) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _cell(scores: Mapping[str, Any], key: str) -> str:
+    """One table cell: the score to 3 decimals, its 95 % interval after it where there is one."""
+    if key not in scores:
+        return "–"
+    if scores[key] is None:
+        return "n/a"
+    ci = scores.get(f"{key}_ci95")
+    return f"{scores[key]:.3f}" + (f" {_interval(ci)}" if ci else "")

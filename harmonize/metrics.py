@@ -5,7 +5,7 @@ Similarity of one subject across sites: ``ssim``, ``psnr`` (inside the brain mas
 ``tissue_mean_spread``; can the site still be told: ``site_classifier_accuracy``;
 is anatomy kept: ``structure_similarity``; is biology kept: ``pearson_r`` of the atrophy
 factor with a CSF read-out (``harmonize.volumes``; ``atrophy_correlation`` is the older
-threshold read-out).
+threshold read-out), with ``bootstrap_pearson_r`` for its uncertainty.
 Where intensity units differ (raw images from different sites), metrics say how
 they make themselves scale-free.
 """
@@ -302,3 +302,57 @@ def pearson_r(a: Sequence[float], b: Sequence[float]) -> float | None:
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
     return float(np.corrcoef(x, y)[0, 1])
+
+
+#: resamples of the subject bootstrap (percentile interval; the 2.5 % tail then rests on 50)
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_pearson_r(
+    a: Sequence[float],
+    b: Sequence[float],
+    groups: Sequence[object],
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> np.ndarray | None:
+    """Pearson r of (a, b) on ``n_resamples`` cluster-bootstrap resamples, shape (n_resamples,).
+
+    Whole groups (subjects) are drawn with replacement, each bringing all its images (one per
+    site): the images of one subject share its anatomy and atrophy, so resampling them one by
+    one would count a subject's sites as independent evidence and give too narrow an interval.
+    The resampled groups depend only on ``groups``, ``n_resamples`` and ``seed``, so two
+    read-outs of the same images resampled with one seed are *paired*: the percentiles of
+    the difference of their r samples bound the difference of their correlations.
+    Returns None when b holds NaN (no read-out exists, as in ``pearson_r``).
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    g = np.asarray(groups)
+    if not x.shape == y.shape == g.shape or x.ndim != 1:
+        raise ValueError(f"a, b and groups must be 1-D of one length, got {x.shape}, {y.shape}, {g.shape}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if np.isnan(y).any():
+        return None
+    labels, inverse = np.unique(g, return_inverse=True)
+    if labels.size < 3:
+        raise ValueError(f"the bootstrap needs >= 3 groups (subjects), got {labels.size}")
+    members = np.zeros((labels.size, x.size))
+    members[inverse, np.arange(x.size)] = 1.0
+    draws = np.random.default_rng(seed).integers(0, labels.size, size=(n_resamples, labels.size))
+    # weight of each image in each resample = how often its subject was drawn
+    w = np.stack([np.bincount(d, minlength=labels.size) for d in draws]) @ members  # (n_resamples, n)
+    n = w.sum(1, keepdims=True)
+    mx, my = (w @ x)[:, None] / n, (w @ y)[:, None] / n
+    dx, dy = x[None] - mx, y[None] - my
+    sxy, sxx, syy = (w * dx * dy).sum(1), (w * dx * dx).sum(1), (w * dy * dy).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = sxy / np.sqrt(sxx * syy)
+    return np.where(np.isfinite(r), r, 0.0)  # a resample with one distinct subject: constant, r 0
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided percentile interval (low, high) of bootstrap ``samples`` at confidence ``level``."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    lo, hi = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)

@@ -88,6 +88,13 @@ def test_evaluate_json_scores_every_method(study_dir, capsys):
     for name in ("zscore", "nyul", "cdf"):
         assert res["methods"][name]["w1"] < res["methods"]["raw"]["w1"]
         assert res["methods"][name]["ssim"] > res["methods"]["raw"]["ssim"]
+    # r with its subject-bootstrap interval; methods also get the paired interval of r - raw's r
+    raw = res["methods"]["raw"]
+    lo, hi = raw["atrophy_r_per_image_ci95"]
+    assert lo <= raw["atrophy_r_per_image"] <= hi
+    assert "atrophy_r_minus_raw_ci95" not in raw
+    assert len(res["methods"]["cdf"]["atrophy_r_per_image_minus_raw_ci95"]) == 2
+    assert res["methods"]["nyul"]["atrophy_r_per_image_minus_raw_ci95"] is None  # offset scale: no read-out
 
 
 def test_fit_and_evaluate_the_smooth_field_variants(study_dir, tmp_path, capsys):

@@ -136,3 +136,59 @@ def test_dlda_ignores_float32_rounding_of_a_pinned_feature():
     pinned = (np.float32(1.0) + rng.normal(0, 1.2e-7, (36, 3))).astype(np.float64)  # rounding only
     with_pinned = M.site_classifier_accuracy(np.column_stack([weak, pinned]), sites, subjects)
     assert with_pinned == alone
+
+
+def _bivariate(n: int, rho: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n)
+    return x, rho * x + np.sqrt(1 - rho**2) * rng.standard_normal(n)
+
+
+def test_bootstrap_interval_of_r_agrees_with_fishers_closed_form():
+    """Independent pairs: the percentile interval is close to tanh(atanh r ± 1.96/√(n − 3))."""
+    n = 60
+    x, y = _bivariate(n, 0.8, seed=3)
+    r = M.pearson_r(x, y)
+    lo, hi = M.percentile_interval(M.bootstrap_pearson_r(x, y, np.arange(n)))
+    half = 1.96 / np.sqrt(n - 3)
+    f_lo, f_hi = np.tanh(np.arctanh(r) - half), np.tanh(np.arctanh(r) + half)
+    assert lo < r < hi
+    assert abs(lo - f_lo) < 0.03 and abs(hi - f_hi) < 0.03, (lo, hi, f_lo, f_hi)
+    # a perfect linear relation has r = 1 in every resample
+    assert np.allclose(M.bootstrap_pearson_r(x, 2 * x + 1, np.arange(n), n_resamples=50), 1.0)
+
+
+def test_bootstrap_resamples_whole_subjects():
+    """Three sites that repeat each subject's values add no evidence: resampling subjects gives
+    the one-site interval, while treating the 3n images as independent would narrow it."""
+    n = 30
+    x, y = _bivariate(n, 0.7, seed=5)
+    x3, y3 = np.repeat(x, 3), np.repeat(y, 3)
+    subjects = np.repeat(np.arange(n), 3)
+    one_site = M.percentile_interval(M.bootstrap_pearson_r(x, y, np.arange(n), seed=1))
+    by_subject = M.percentile_interval(M.bootstrap_pearson_r(x3, y3, subjects, seed=1))
+    by_image = M.percentile_interval(M.bootstrap_pearson_r(x3, y3, np.arange(3 * n), seed=1))
+    assert np.allclose(one_site, by_subject)
+    assert by_image[1] - by_image[0] < 0.7 * (by_subject[1] - by_subject[0])
+
+
+def test_bootstrap_samples_of_two_read_outs_pair():
+    """One seed draws the same subjects for every read-out: a read-out against itself differs
+    by exactly 0, and a noisier copy's difference interval lies below 0."""
+    n = 40
+    x, y = _bivariate(n, 0.9, seed=7)
+    noisy = y + 0.8 * np.random.default_rng(8).standard_normal(n)
+    a, b = M.bootstrap_pearson_r(x, y, np.arange(n)), M.bootstrap_pearson_r(x, noisy, np.arange(n))
+    assert np.array_equal(a, M.bootstrap_pearson_r(x, y, np.arange(n)))
+    assert M.percentile_interval(b - a)[1] < 0
+
+
+def test_bootstrap_rejects_bad_input():
+    x = np.arange(6.0)
+    assert M.bootstrap_pearson_r(x, np.r_[x[:-1], np.nan], np.arange(6)) is None  # no read-out
+    with pytest.raises(ValueError, match="groups"):
+        M.bootstrap_pearson_r(x, x, [0, 0, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="one length"):
+        M.bootstrap_pearson_r(x, x[:5], np.arange(6))
+    with pytest.raises(ValueError, match="level"):
+        M.percentile_interval(x, level=95)
