@@ -15,7 +15,9 @@ units can share one table:
   earlier nearest-centroid classifier, kept for comparison.
 - structure: SSIM structure term against the unharmonized scan (anatomy kept = 1);
   structure_lowpass: the same after a 1-px Gaussian low-pass of both (noise removed
-  from the comparison, see metrics.structure_similarity).
+  from the comparison); structure_detrended (and _lowpass): each window's plane in
+  (x, y) removed first, so a smooth gain field (shading) is not counted as structure
+  (see metrics.structure_similarity).
 - atrophy_r_per_image: Pearson r of the atrophy factor with the CSF read-out of
   harmonize.volumes.csf_signal_fractions (linear partial-volume unmixing of the mean,
   per image; None for offset scales, which have no zero); atrophy_r: the same with ONE
@@ -41,8 +43,15 @@ from harmonize.study import Study, StudyScan
 from harmonize.synthetic import CSF, GM, WM
 from harmonize.volumes import csf_signal_fractions
 
-#: Gaussian low-pass (px) of the noise-insensitive structure variant
+#: Gaussian low-pass (px) of the noise-insensitive structure variants
 STRUCTURE_LOWPASS_SIGMA = 1.0
+#: the structure scores: name -> metrics.structure_similarity options
+STRUCTURE_VARIANTS: dict[str, dict[str, Any]] = {
+    "structure": {},
+    "structure_lowpass": {"lowpass_sigma": STRUCTURE_LOWPASS_SIGMA},
+    "structure_detrended": {"detrend": True},
+    "structure_detrended_lowpass": {"lowpass_sigma": STRUCTURE_LOWPASS_SIGMA, "detrend": True},
+}
 
 Key = tuple[int, str, int]
 
@@ -123,18 +132,11 @@ def score_method(
         "site_accuracy_nc": M.site_classifier_accuracy(
             feats, [s.site for s in scans], [s.subject for s in scans], method="nc"
         ),
-        "structure": float(np.mean([M.structure_similarity(s.image, images[s.key], s.mask) for s in scans])),
-        "structure_lowpass": float(
-            np.mean(
-                [
-                    M.structure_similarity(
-                        s.image, images[s.key], s.mask, lowpass_sigma=STRUCTURE_LOWPASS_SIGMA
-                    )
-                    for s in scans
-                ]
-            )
-        ),
     }
+    for name, options in STRUCTURE_VARIANTS.items():
+        out[name] = float(
+            np.mean([M.structure_similarity(s.image, images[s.key], s.mask, **options) for s in scans])
+        )
     for name in READOUTS:
         out[name] = M.pearson_r(atrophy, readouts[name])
         samples = _r_samples(scans, readouts[name])
@@ -205,6 +207,8 @@ def format_table(result: Mapping[str, Any]) -> str:
         ("site_accuracy", f"site acc. (chance {result['chance']:.2f}) ↓"),
         ("structure", "structure ↑"),
         ("structure_lowpass", "structure low-pass ↑"),
+        ("structure_detrended", "structure detrended ↑"),
+        ("structure_detrended_lowpass", "structure detrended low-pass ↑"),
         ("atrophy_r", "atrophy r pooled ↑"),
         ("atrophy_r_per_image", "atrophy r per image ↑"),
     ]

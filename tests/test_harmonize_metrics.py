@@ -192,3 +192,24 @@ def test_bootstrap_rejects_bad_input():
         M.bootstrap_pearson_r(x, x[:5], np.arange(6))
     with pytest.raises(ValueError, match="level"):
         M.percentile_interval(x, level=95)
+
+
+def test_detrended_structure_ignores_a_smooth_gain_field_but_not_blur():
+    """In flat, nearly noise-free tissue a gain ramp is the windows' whole variance: the plain
+    structure term scores changing it as lost structure, the detrended one (planes removed)
+    does not, and both still see a 1-px blur and a different anatomy."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    x = synthetic_subject(2, (1, 64, 64)).signal
+    m = x > 0
+    x = x + rng.normal(0, 1e-3 * x.max(), x.shape)  # SNR ~1000, like the simulated study
+    shaded = x * np.exp(0.5 * np.linspace(-1, 1, 64))[None, None, :]
+    plain, detrended = (M.structure_similarity(x, shaded, m, detrend=d) for d in (False, True))
+    assert detrended > 0.998 and plain < detrended - 0.01, (plain, detrended)
+    # detrending is still invariant to a global gain and offset, and the identity scores 1
+    assert M.structure_similarity(x, 3.0 * x + 2.0, m, detrend=True) == pytest.approx(1.0, abs=1e-6)
+    blurred = ndimage.gaussian_filter(x, (0, 1.0, 1.0))
+    assert M.structure_similarity(x, blurred, m, detrend=True) < 0.95
+    other = synthetic_subject(7, (1, 64, 64)).signal
+    assert M.structure_similarity(x, other, m, detrend=True) < 0.75
