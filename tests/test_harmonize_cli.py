@@ -245,3 +245,15 @@ def test_benchmark_reports_every_method():
         assert v["median_s"] > 0 and len(v["profile_sha256"]) == 64
     with pytest.raises(ValueError, match="unknown methods"):
         run_benchmark(size=64, methods=("magic",))
+
+
+@pytest.mark.parametrize("slices", [["n_slices=3"], ["n_slices=2", "slice_gap=0"]])
+def test_study_refuses_a_slice_stack_the_phantom_cannot_match(slices, tmp_path, capsys):
+    """A gap between slices, or an even number of them, would excite the phantom off its voxels."""
+    sets = [a for kv in slices for a in ("--set", kv)]
+    out = tmp_path / "s"
+    args = ["harmonize", "study", "--subjects", "2", "--sites", "siteA,siteB", *sets, "-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "n_slices" in err and "slice_gap=0" in err
+    assert not (out / "study.json").exists()

@@ -301,6 +301,20 @@ def subject_atrophy(subject: int) -> float:
     return float(0.3 * ((0.5 + subject * golden) % 1.0))
 
 
+def _check_slices_match_the_phantom(params: dict) -> None:
+    """The study's brain phantom stacks its slices at one slice thickness apart, centred on
+    slice n // 2 (simulator.Phantom.positions_m); the sequence puts them at thickness + gap
+    apart, centred between slices. They coincide only for one slice, or an odd number of
+    slices with no gap; any other stack would excite the phantom off its voxels silently."""
+    n, gap = int(params["n_slices"]), float(params.get("slice_gap", 0.0))
+    if n > 1 and (gap != 0.0 or n % 2 == 0):
+        raise ValueError(
+            f"n_slices={n} with slice_gap={gap * 1e3:g} mm: a multi-slice study needs an odd "
+            "n_slices and slice_gap=0 (the brain phantom's slices are contiguous and centred "
+            "on the middle one); set e.g. --set n_slices=3 --set slice_gap=0"
+        )
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from harmonize.study import CLEAN_REPEAT, Study, StudyScan, save_study, synthetic_study
 
@@ -327,6 +341,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                 raise ValueError(f"unknown site {s!r}; known sites: {known}")
         overrides = {**STUDY_SEQUENCE_DEFAULTS, "matrix": args.matrix, **parse_key_values(args.set)}
         built = build_protocol(args.protocol, overrides=overrides)
+        _check_slices_match_the_phantom(built.params)
         chain = load_chain("cartesian", overrides={"harmonize": {"enabled": False}})
         scans, orientations = [], set()
         subjects = list(range(1, args.subjects + 1))
