@@ -91,8 +91,9 @@ def score_method(
     heldout_sites=(),
     readouts: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Scores of one method's ``images`` (keyed like the scans) — see the module docstring.
-    readouts: atrophy_readouts(scans, images) when already computed."""
+    """Point scores of one method's ``images`` (keyed like the scans) — see the module docstring
+    (evaluate_study adds the intervals of r). readouts: atrophy_readouts(scans, images) when
+    already computed."""
     by_subject: dict[int, list[StudyScan]] = {}
     for s in scans:
         if s.labels is None:
@@ -139,8 +140,6 @@ def score_method(
         )
     for name in READOUTS:
         out[name] = M.pearson_r(atrophy, readouts[name])
-        samples = _r_samples(scans, readouts[name])
-        out[f"{name}_ci95"] = None if samples is None else list(M.percentile_interval(samples))
     if ssim_held:
         out["ssim_heldout_site"] = float(np.mean(ssim_held))
     return out
@@ -171,12 +170,15 @@ def evaluate_study(
         "methods": {},
     }
     images = {}
-    readouts: dict[str, dict[str, np.ndarray]] = {}
+    r_samples: dict[str, dict[str, np.ndarray | None]] = {}  # method -> read-out -> bootstrap r
     raw = None  # the unharmonized method's name, if scored
     for name, prof in profiles.items():
         imgs = harmonize_scans(scans, prof)
-        readouts[name] = atrophy_readouts(scans, imgs)
-        scores = score_method(scans, imgs, heldout_sites, readouts[name])
+        readouts = atrophy_readouts(scans, imgs)
+        scores = score_method(scans, imgs, heldout_sites, readouts)
+        r_samples[name] = {key: _r_samples(scans, readouts[key]) for key in READOUTS}
+        for key, samples in r_samples[name].items():
+            scores[f"{key}_ci95"] = None if samples is None else list(M.percentile_interval(samples))
         if prof is None:
             raw = name
         else:
@@ -188,7 +190,7 @@ def evaluate_study(
         if raw is None or name == raw:
             continue
         for key in READOUTS:
-            a, b = _r_samples(scans, readouts[name][key]), _r_samples(scans, readouts[raw][key])
+            a, b = r_samples[name][key], r_samples[raw][key]
             paired = None if a is None or b is None else list(M.percentile_interval(a - b))
             result["methods"][name][f"{key}_minus_raw_ci95"] = paired
     if keep_images:

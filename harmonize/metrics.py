@@ -210,23 +210,21 @@ def _detrended_stats(x: np.ndarray, y: np.ndarray, m: np.ndarray, sigma: float):
     """
     f = _masked_gaussian(m, sigma)
     _, rows, cols = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in x.shape), indexing="ij")
-    means = {k: f(v) for k, v in (("x", x), ("y", y), ("u", cols), ("v", rows))}
-    arrays = {"x": x, "y": y, "u": cols, "v": rows}
-
-    def cov(a: str, b: str) -> np.ndarray:
-        return f(arrays[a] * arrays[b]) - means[a] * means[b]
-
-    suu, svv, suv = cov("u", "u"), cov("v", "v"), cov("u", "v")
+    mx, my, mu, mv = f(x), f(y), f(cols), f(rows)
+    suu, svv, suv = f(cols * cols) - mu * mu, f(rows * rows) - mv * mv, f(cols * rows) - mu * mv
     det = np.maximum(suu * svv - suv**2, 1e-12)  # a window that sees one row only: no plane in v
+    # each image's covariance with position (column, row), filtered once
+    xd = (f(x * cols) - mx * mu, f(x * rows) - mx * mv)
+    yd = (f(y * cols) - my * mu, f(y * rows) - my * mv)
 
-    def explained(a: str, b: str) -> np.ndarray:
+    def explained(ad: tuple[np.ndarray, np.ndarray], bd: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """cov(a, d)ᵀ Σ_d⁻¹ cov(b, d): the part of cov(a, b) the windows' planes carry."""
-        au, av, bu, bv = cov(a, "u"), cov(a, "v"), cov(b, "u"), cov(b, "v")
+        (au, av), (bu, bv) = ad, bd
         return (au * (svv * bu - suv * bv) + av * (suu * bv - suv * bu)) / det
 
-    vx = np.maximum(cov("x", "x") - explained("x", "x"), 0)
-    vy = np.maximum(cov("y", "y") - explained("y", "y"), 0)
-    return vx, vy, cov("x", "y") - explained("x", "y")
+    vx = np.maximum(f(x * x) - mx * mx - explained(xd, xd), 0)
+    vy = np.maximum(f(y * y) - my * my - explained(yd, yd), 0)
+    return vx, vy, f(x * y) - mx * my - explained(xd, yd)
 
 
 def structure_similarity(
@@ -380,11 +378,10 @@ def bootstrap_pearson_r(
     labels, inverse = np.unique(g, return_inverse=True)
     if labels.size < 3:
         raise ValueError(f"the bootstrap needs >= 3 groups (subjects), got {labels.size}")
-    members = np.zeros((labels.size, x.size))
-    members[inverse, np.arange(x.size)] = 1.0
     draws = np.random.default_rng(seed).integers(0, labels.size, size=(n_resamples, labels.size))
-    # weight of each image in each resample = how often its subject was drawn
-    w = np.stack([np.bincount(d, minlength=labels.size) for d in draws]) @ members  # (n_resamples, n)
+    counts = np.zeros((n_resamples, labels.size))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
+    w = counts[:, inverse]  # weight of each image in each resample: how often its subject was drawn
     n = w.sum(1, keepdims=True)
     mx, my = (w @ x)[:, None] / n, (w @ y)[:, None] / n
     dx, dy = x[None] - mx, y[None] - my
