@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="spins per isochromat of the noise-free twins (default: --spins)",
+    )
+    s.add_argument(
+        "--phantom-margin",
+        type=int,
+        default=0,
+        metavar="SLICES",
+        help="phantom slices beyond each end of the slice stack (default 0: the phantom ends with the "
+        "stack); 1 gives the outer slices of a contiguous stack the tissue a head has beyond them",
+    )
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="scans simulated in parallel processes (default 1; same results)",
     )
     s.add_argument("--device", default="cpu", help="simulation/recon device: auto|cpu|cuda")
     s.add_argument(
@@ -242,15 +257,19 @@ def _simulated_scan(
 
     site = load_site(site_name)
     prm = built.params
+    n, margin = int(prm["n_slices"]), args.phantom_margin
+    # the margin slices are excited only by the stack's slice-profile tails; the study keeps
+    # the stack's own slices (the phantom stays centred on the stack: n + 2 margin is odd)
     ph = brain_phantom(
         field_T=site.field_T,
         fov_m=prm["fov"],
         matrix=int(prm["matrix"]),
         slice_thickness_m=prm["slice_thickness"],
-        n_slices=int(prm["n_slices"]),
+        n_slices=n + 2 * margin,
         subject=subject,
         atrophy=atrophy,
     )
+    stack = slice(margin, margin + n)
     hdr = with_site(built.header, site)
 
     def run(site_obj, isochromats: int, spins: int, noise_readouts=None):
@@ -280,11 +299,11 @@ def _simulated_scan(
     if clean_isochromats:
         quiet = dataclasses.replace(site, noise_sigma=0.0)
         clean, _ = run(quiet, clean_isochromats, clean_spins or args.spins, noise_readouts)
-    fr = {k: v.detach().cpu().numpy() for k, v in ph.tissue_maps.items()}
-    brain = ph.brain_mask.detach().cpu().numpy()
+    fr = {k: v.detach().cpu().numpy()[stack] for k, v in ph.tissue_maps.items()}
+    brain = ph.brain_mask.detach().cpu().numpy()[stack]
     labels = (1 + np.argmax(np.stack([fr["csf"], fr["gm"], fr["wm"]]), axis=0)).astype(np.int8)
     labels[~brain] = 0
-    torch_pd = (ph.pd * ph.brain_mask).detach().cpu().numpy()
+    torch_pd = (ph.pd * ph.brain_mask).detach().cpu().numpy()[stack]
     orient, name = _orient(image, torch_pd)
     return image, np.ascontiguousarray(orient(labels)), np.ascontiguousarray(orient(brain)), name, clean
 
@@ -315,6 +334,81 @@ def _check_slices_match_the_phantom(params: dict) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _ScanTask:
+    """One scan of the study's plan (and, with clean_isochromats, its noise-free twin)."""
+
+    subject: int
+    site: str
+    repeat: int
+    clean_isochromats: int | None
+    clean_spins: int
+
+
+#: what a scanning process builds once: the protocol's sequence and the recon chain
+_WORKER: dict[str, Any] = {}
+
+
+def _init_scan_worker(protocol: str, overrides: dict, torch_threads: int | None) -> None:
+    from gadgets import load_chain
+    from sequences import build_protocol
+
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    _WORKER["built"] = build_protocol(protocol, overrides=overrides)
+    _WORKER["chain"] = load_chain("cartesian", overrides={"harmonize": {"enabled": False}})
+
+
+def _scan(task: _ScanTask, args: argparse.Namespace):
+    """_simulated_scan of one task in this process (after _init_scan_worker), plus its seconds."""
+    t0 = time.perf_counter()
+    out = _simulated_scan(
+        _WORKER["built"],
+        task.site,
+        task.subject,
+        subject_atrophy(task.subject),
+        args,
+        _WORKER["chain"],
+        seed=scan_seed(task.subject, task.site, task.repeat),
+        clean_isochromats=task.clean_isochromats,
+        clean_spins=task.clean_spins,
+    )
+    return (*out, time.perf_counter() - t0)
+
+
+def _run_scans(tasks: list[_ScanTask], args: argparse.Namespace, overrides: dict):
+    """Results of ``_scan`` for each task, in task order; ``args.jobs`` processes share the work.
+
+    Each scan is seeded by (subject, site, repeat) alone, so the study does not depend on how
+    many processes ran it. Workers are spawned (not forked: torch's thread pools do not survive a
+    fork) and split the parent's torch threads between them.
+    """
+    # only what _simulated_scan reads crosses to the workers
+    scan_args = argparse.Namespace(
+        device=args.device, isochromats=args.isochromats, spins=args.spins, phantom_margin=args.phantom_margin
+    )
+    if args.jobs == 1:
+        _init_scan_worker(args.protocol, overrides, None)
+        for task in tasks:
+            yield _scan(task, scan_args)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // args.jobs)
+    with ProcessPoolExecutor(
+        max_workers=args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_scan_worker,
+        initargs=(args.protocol, overrides, threads),
+    ) as pool:
+        yield from pool.map(_scan, tasks, [scan_args] * len(tasks))
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from harmonize.study import CLEAN_REPEAT, Study, StudyScan, save_study, synthetic_study
 
@@ -331,7 +425,6 @@ def cmd_study(args: argparse.Namespace) -> int:
             range(args.subjects), sites, (1, args.matrix, args.matrix), args.rescan_site, rescans
         )
     else:
-        from gadgets import load_chain
         from sequences import build_protocol
         from simulator import list_sites
 
@@ -340,42 +433,38 @@ def cmd_study(args: argparse.Namespace) -> int:
             if s not in known:
                 raise ValueError(f"unknown site {s!r}; known sites: {known}")
         overrides = {**STUDY_SEQUENCE_DEFAULTS, "matrix": args.matrix, **parse_key_values(args.set)}
-        built = build_protocol(args.protocol, overrides=overrides)
-        _check_slices_match_the_phantom(built.params)
-        chain = load_chain("cartesian", overrides={"harmonize": {"enabled": False}})
+        _check_slices_match_the_phantom(build_protocol(args.protocol, overrides=overrides).params)
+        if args.phantom_margin < 0 or args.jobs < 1:
+            raise ValueError(
+                f"--phantom-margin must be >= 0 and --jobs >= 1, got {args.phantom_margin} and {args.jobs}"
+            )
         scans, orientations = [], set()
-        subjects = list(range(1, args.subjects + 1))
         clean_isochromats = args.clean_isochromats or args.isochromats
         clean_spins = args.clean_spins or args.spins
-        for subj in subjects:
-            a = subject_atrophy(subj)
+        tasks = []
+        for subj in range(1, args.subjects + 1):
             plan = [(s, 0) for s in sites]
             if args.rescan_site and subj in rescans:
                 plan.append((args.rescan_site, 1))
             if args.clean_site and subj in cleans and (args.clean_site, 0) not in plan:
                 plan.append((args.clean_site, 0))
             for site, rep in plan:
-                t1 = time.perf_counter()
                 want_clean = rep == 0 and site == args.clean_site and subj in cleans
-                image, labels, brain, orient, clean = _simulated_scan(
-                    built,
-                    site,
-                    subj,
-                    a,
-                    args,
-                    chain,
-                    seed=scan_seed(subj, site, rep),
-                    clean_isochromats=clean_isochromats if want_clean else None,
-                    clean_spins=clean_spins,
+                tasks.append(
+                    _ScanTask(subj, site, rep, clean_isochromats if want_clean else None, clean_spins)
                 )
-                orientations.add(orient)
-                # evaluation and fitting use the phantom's brain mask ("inside the brain"); the
-                # gadget and `apply` use auto_mask at run time
-                if site in sites or rep > 0:
-                    scans.append(StudyScan(subj, site, rep, a, image, brain, labels))
-                if clean is not None:
-                    scans.append(StudyScan(subj, site, CLEAN_REPEAT, a, clean, brain, labels))
-                log.info("subject %d site %s repeat %d: %.1f s", subj, site, rep, time.perf_counter() - t1)
+        for task, (image, labels, brain, orient, clean, seconds) in zip(
+            tasks, _run_scans(tasks, args, overrides), strict=True
+        ):
+            subj, site, rep, a = task.subject, task.site, task.repeat, subject_atrophy(task.subject)
+            orientations.add(orient)
+            # evaluation and fitting use the phantom's brain mask ("inside the brain"); the
+            # gadget and `apply` use auto_mask at run time
+            if site in sites or rep > 0:
+                scans.append(StudyScan(subj, site, rep, a, image, brain, labels))
+            if clean is not None:
+                scans.append(StudyScan(subj, site, CLEAN_REPEAT, a, clean, brain, labels))
+            log.info("subject %d site %s repeat %d: %.1f s", subj, site, rep, seconds)
         study = Study(
             scans,
             "simulator",
@@ -384,6 +473,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                 "overrides": overrides,
                 "isochromats_per_voxel": args.isochromats,
                 "spins_per_isochromat": args.spins,
+                "phantom_margin_slices": args.phantom_margin,
                 "chain": "cartesian (harmonize disabled)",
                 "label_orientation": sorted(orientations),
                 "atrophy": "explicit per subject, a golden-ratio sequence in 0..0.3 (see subject_atrophy)",
