@@ -274,6 +274,7 @@ def with_site_contrast(
     sites: Sequence[str] | None = None,
     subjects: Sequence[int] | None = None,
     name: str | None = None,
+    domain: str | None = None,
 ) -> HarmonizationProfile:
     """A copy of a smooth-field U-Net ``profile`` with per-site contrast curves (harmonize.site_contrast).
 
@@ -281,8 +282,10 @@ def with_site_contrast(
     ``subjects`` (default all; repeat 0, no pairing needed) after the profile's network and
     output anchor; the target site must be among them unless the profile already holds
     curves, which are then kept (and the named sites added or recalibrated). A site held
-    out of training can be calibrated this way, from its own scans alone. The copy shares
-    the weights file, so ``out_path`` must be in the same folder as the profile.
+    out of training can be calibrated this way, from its own scans alone. domain: what the
+    curves act on (site_contrast.DOMAINS; default: the profile's curves' own, else "image");
+    a table holds one domain, so it cannot differ from that of curves the profile holds.
+    The copy shares the weights file, so ``out_path`` must be in the same folder as the profile.
     """
 
     out = _beside(profile, out_path, "with_site_contrast")
@@ -297,6 +300,13 @@ def with_site_contrast(
         raise ValueError(f"sites {sorted(unknown)} are not in the study (sites: {study.sites})")
     base_params = {k: v for k, v in profile.parameters.items() if k != "site_contrast"}
     base = replace(profile, parameters=base_params)
+    existing = profile.parameters.get("site_contrast")
+    if existing and domain not in (None, SiteContrast.from_dict(existing).domain):
+        raise ValueError(
+            f"domain={domain!r}: the profile's curves act in the "
+            f"{SiteContrast.from_dict(existing).domain!r} domain; calibrate the profile without its "
+            "curves to change it"
+        )
     by_site = {}
     used = []
     for site in names:
@@ -305,14 +315,13 @@ def with_site_contrast(
             raise ValueError(f"no scans of the calibration subjects at site {site!r}")
         used += scans
         by_site[site] = ([apply_learned(base, s.image, s.mask) for s in scans], [s.mask for s in scans])
-    existing = profile.parameters.get("site_contrast")
     target = profile.target_site or study.sites[0]
     if existing:
         contrast = SiteContrast.from_dict(existing)
         for site, (ims, mks) in by_site.items():
             contrast = add_site(contrast, site, ims, mks)
     else:
-        contrast = calibrate_sites(by_site, target)
+        contrast = calibrate_sites(by_site, target, domain=domain or "image")
     params = {**base_params, "site_contrast": contrast.to_dict()}
     return _derived(
         profile, out, name, params, {"site_contrast_from": _provenance(study, used)},

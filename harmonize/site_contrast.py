@@ -15,6 +15,14 @@ end slopes), and the *same* curve is applied to every image from that site, so t
 subjects scanned there keep their difference. A site that joins later is calibrated from
 its own scans alone (``add_site``), without traveling subjects.
 
+Two domains (``SiteContrast.domain``). "image": the curves act on the profile's output as
+it is, shading included. "flattened": on the output with its smooth field
+(``harmonize.volumes.log_field``) divided out, the field multiplied back afterwards, so a
+quantile is a tissue level rather than a mix of tissue and where the head sat under the
+coils. The first matches each site's *shaded* histogram on average, and with it residual
+shading that differs between sites leaks into the curve as a contrast change; the second
+maps tissue contrast only (docs/harmonization.md compares them).
+
 Which curve applies comes from the scanner's identity (the MRD header's
 ``acquisitionSystemInformation.stationName`` in the gadget, the study's site name
 offline). An image from a site the profile does not know passes unchanged.
@@ -30,11 +38,14 @@ import numpy as np
 
 from harmonize._arrays import as_magnitude, check_mask
 from harmonize._piecewise import piecewise_linear, strictly_increasing
+from harmonize.volumes import log_field
 
 #: quantile levels (percent) of the curves: 100 evenly spaced levels between 0.5 and 99.5 %.
 #: Fewer levels (the 11 of Nyúl's landmarks, 7) left more of the histogram's shape to a site
 #: classifier on the 48-subject study (site accuracy 0.43 / 0.46 against 0.39)
 DEFAULT_PERCENTILES: tuple[float, ...] = tuple(float(p) for p in np.linspace(0.5, 99.5, 100))
+#: the intensities a curve acts on: the output as it is, or with its smooth field divided out
+DOMAINS = ("image", "flattened")
 
 
 @dataclass(frozen=True)
@@ -50,14 +61,18 @@ class SiteContrast:
     """Per-site intensity curves onto ``target_site`` (units: the profile's output before this step).
 
     percentiles: quantile levels in percent (increasing, in (0, 100)); sites: site name ->
-    its SiteCurve; the target site's own curve is the identity and must be present.
+    its SiteCurve; the target site's own curve is the identity and must be present; domain:
+    one of DOMAINS (see the module docstring; files written before it existed are "image").
     """
 
     target_site: str
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
     sites: dict[str, SiteCurve] = field(default_factory=dict)
+    domain: str = "image"
 
     def __post_init__(self) -> None:
+        if self.domain not in DOMAINS:
+            raise ValueError(f"site_contrast domain must be one of {DOMAINS}, got {self.domain!r}")
         p = np.asarray(self.percentiles, dtype=float)
         if p.size < 2 or np.any(np.diff(p) <= 0) or p[0] <= 0 or p[-1] >= 100:
             raise ValueError(
@@ -79,6 +94,7 @@ class SiteContrast:
     def to_dict(self) -> dict[str, Any]:
         return {
             "target_site": self.target_site,
+            "domain": self.domain,
             "percentiles": list(self.percentiles),
             "sites": {
                 k: {"quantiles": list(v.quantiles), "n_images": v.n_images} for k, v in self.sites.items()
@@ -95,25 +111,32 @@ class SiteContrast:
                     str(k): SiteCurve(tuple(float(q) for q in v["quantiles"]), int(v["n_images"]))
                     for k, v in d["sites"].items()
                 },
+                str(d.get("domain", "image")),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(
-                "site_contrast must be {target_site, percentiles, sites: {name: {quantiles, n_images}}}"
+                "site_contrast must be {target_site, percentiles, sites: {name: {quantiles, n_images}}, "
+                "domain (optional)}"
             ) from exc
 
 
 def mean_quantiles(
-    images: Sequence[object], masks: Sequence[object], percentiles: Sequence[float]
+    images: Sequence[object], masks: Sequence[object], percentiles: Sequence[float], domain: str = "image"
 ) -> np.ndarray:
-    """Mean over images of each image's in-mask quantiles at ``percentiles`` (percent), shape (P,)."""
+    """Mean over images of each image's in-mask quantiles at ``percentiles`` (percent), shape (P,),
+    in ``domain`` (one of DOMAINS)."""
     if not images or len(images) != len(masks):
         raise ValueError(f"need >= 1 image and one mask per image, got {len(images)} and {len(masks)}")
+    if domain not in DOMAINS:
+        raise ValueError(f"site contrast domain must be one of {DOMAINS}, got {domain!r}")
     rows = []
     for im, mk in zip(images, masks, strict=True):
         x = as_magnitude(im)
         m = check_mask(mk, x.shape)
         if not m.any():
             raise ValueError("a calibration image has an empty mask")
+        if domain == "flattened":
+            x = x / log_field(x, m)
         rows.append(np.percentile(x[m], percentiles))
     return np.mean(rows, axis=0)
 
@@ -122,11 +145,13 @@ def calibrate_sites(
     scans_by_site: dict[str, tuple[Sequence[object], Sequence[object]]],
     target_site: str,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    domain: str = "image",
 ) -> SiteContrast:
     """Site curves from calibration scans: site name -> (images, masks), the target among them.
 
     The images must already be in the units the curves will be applied in (the profile's
-    output before this step). Any subjects will do; pairing is not needed.
+    output before this step). Any subjects will do; pairing is not needed. domain: one of
+    DOMAINS.
     """
     if target_site not in scans_by_site:
         raise ValueError(
@@ -134,28 +159,32 @@ def calibrate_sites(
         )
     p = tuple(float(v) for v in percentiles)
     sites = {
-        name: SiteCurve(tuple(float(q) for q in mean_quantiles(ims, mks, p)), len(ims))
+        name: SiteCurve(tuple(float(q) for q in mean_quantiles(ims, mks, p, domain)), len(ims))
         for name, (ims, mks) in scans_by_site.items()
     }
-    return SiteContrast(target_site, p, sites)
+    return SiteContrast(target_site, p, sites, domain)
 
 
 def add_site(
     contrast: SiteContrast, site: str, images: Sequence[object], masks: Sequence[object]
 ) -> SiteContrast:
     """``contrast`` with ``site`` (re)calibrated from its own scans (profile-output units)."""
-    q = mean_quantiles(images, masks, contrast.percentiles)
+    q = mean_quantiles(images, masks, contrast.percentiles, contrast.domain)
     return SiteContrast(
         contrast.target_site,
         contrast.percentiles,
         {**contrast.sites, site: SiteCurve(tuple(float(v) for v in q), len(images))},
+        contrast.domain,
     )
 
 
 def apply_site_contrast(image: object, mask: object, contrast: SiteContrast, site: str | None) -> np.ndarray:
     """``image`` (z, y, x) through ``site``'s curve inside ``mask`` (0 outside), float32.
 
-    A site the table does not hold (or None) returns the masked image unchanged.
+    In the "flattened" domain the curve maps the image divided by its smooth field, and the
+    field is multiplied back: a monotone map of each voxel's intensity (the field fixed), so
+    the image's shading and anatomy stay. A site the table does not hold (or None) returns
+    the masked image unchanged.
     """
     x = as_magnitude(image)
     m = check_mask(mask, x.shape)
@@ -164,7 +193,8 @@ def apply_site_contrast(image: object, mask: object, contrast: SiteContrast, sit
         return np.where(m, x, 0).astype(np.float32)
     src = strictly_increasing(np.asarray(curve.quantiles))
     tgt = np.asarray(contrast.sites[contrast.target_site].quantiles, dtype=np.float64)
+    gain = log_field(x, m)[m] if contrast.domain == "flattened" else 1.0
     out = np.zeros_like(x, dtype=np.float32)
     # magnitude stays >= 0 where the lower end slope would extrapolate below zero
-    out[m] = np.maximum(piecewise_linear(x[m].astype(np.float64), src, tgt), 0.0)
+    out[m] = gain * np.maximum(piecewise_linear(x[m].astype(np.float64) / gain, src, tgt), 0.0)
     return out

@@ -12,6 +12,7 @@ from harmonize.fit import fit_profile, with_site_contrast
 from harmonize.learned import TrainingConfig
 from harmonize.profile import HarmonizationProfile
 from harmonize.site_contrast import (
+    DOMAINS,
     SiteContrast,
     add_site,
     apply_site_contrast,
@@ -19,7 +20,7 @@ from harmonize.site_contrast import (
 )
 from harmonize.study import synthetic_study
 from harmonize.unet import UNetConfig
-from harmonize.volumes import parenchyma_level
+from harmonize.volumes import log_field, parenchyma_level
 from unisono.cli import main
 
 SHAPE = (1, 48, 48)
@@ -86,6 +87,46 @@ def test_one_curve_per_site_keeps_what_differs_between_subjects():
     assert after == pytest.approx(before, rel=0.1)
 
 
+def _shaded(image: np.ndarray, tilt: float) -> np.ndarray:
+    """``image`` under a smooth receive field, a ramp exp(tilt x) across the head (x in -0.5..0.5)."""
+    xx = np.mgrid[:48, :48][1] / 47.0 - 0.5
+    return (image * np.exp(tilt * xx)[None]).astype(np.float32)
+
+
+def test_flattened_curves_map_tissue_contrast_and_keep_the_shading():
+    """Sites that shade differently (B's coils shade 7x more steeply): a curve fitted to the
+    shaded histograms turns the shading difference into a contrast error; one fitted with the
+    smooth field divided out maps the tissue levels onto the target's and leaves the image's
+    own shading in place."""
+    cal_a = [_subject(s, 0.1 + 0.02 * s) for s in range(8)]
+    cal_b = [_subject(100 + s, 0.1 + 0.02 * s) for s in range(8)]
+    scans = {"A": ([_shaded(i, 0.2) for i, _ in cal_a], [m for _, m in cal_a]),
+             "B": ([_shaded(_site_b(i), 1.5) for i, _ in cal_b], [m for _, m in cal_b])}  # fmt: skip
+    truth, mask = _subject(999, 0.2)
+    tissues = [mask & (np.abs(truth - level) < 0.1) for level in (0.2, 0.6, 1.0)]
+    at_a, at_b = _shaded(truth, 0.2), _shaded(_site_b(truth), 1.5)
+
+    def tissue_levels(image: np.ndarray) -> np.ndarray:
+        flat = image / log_field(image, mask)
+        return np.array([flat[t].mean() for t in tissues])
+
+    want = tissue_levels(at_a)
+    errors = {}
+    for domain in DOMAINS:
+        contrast = calibrate_sites(scans, "A", domain=domain)
+        assert contrast.domain == domain
+        assert SiteContrast.from_dict(json.loads(json.dumps(contrast.to_dict()))) == contrast
+        mapped = apply_site_contrast(at_b, mask, contrast, "B")
+        errors[domain] = np.abs(tissue_levels(mapped) - want).max() / (want[2] - want[0])
+        if domain == "flattened":
+            # a monotone map of each voxel with the field fixed: B's shading stays
+            np.testing.assert_allclose(log_field(mapped, mask), log_field(at_b, mask), rtol=0.02)
+    # tissue levels within 2.5 % of the WM-CSF contrast against up to 7.6 % off
+    assert errors["flattened"] < 0.025 < 0.05 < errors["image"]
+    with pytest.raises(ValueError, match="domain must be one of"):
+        calibrate_sites(scans, "A", domain="shaded")
+
+
 def test_site_table_round_trips_and_rejects_bad_input():
     cal = [_subject(s, 0.2) for s in range(3)]
     table = calibrate_sites({"A": ([i for i, _ in cal], [m for _, m in cal])}, "A", percentiles=(5, 50, 95))
@@ -98,6 +139,11 @@ def test_site_table_round_trips_and_rejects_bad_input():
         SiteContrast("A", (50, 5), table.sites)
     with pytest.raises(ValueError, match="site_contrast must be"):
         SiteContrast.from_dict({"target_site": "A"})
+    # tables written before the domain existed act on the image as it is
+    old = {k: v for k, v in table.to_dict().items() if k != "domain"}
+    assert SiteContrast.from_dict(old).domain == "image"
+    with pytest.raises(ValueError, match="domain must be one of"):
+        SiteContrast("A", table.percentiles, table.sites, "shaded")
     bad = {**table.to_dict(), "sites": {"A": {"quantiles": [3, 2, 1], "n_images": 1}}}
     with pytest.raises(ValueError, match="non-decreasing"):
         HarmonizationProfile("x", "unet", {"site_contrast": bad})
@@ -131,6 +177,19 @@ def test_calibrated_profile_maps_each_site_and_adds_a_held_out_one(gain_profile)
     level = parenchyma_level(plain, scan.mask)
     assert parenchyma_level(mapped, scan.mask) == pytest.approx(level, rel=1e-5)
     assert abc.provenance["site_contrast_from"]["train_sites"] == ["C"]
+    # one table, one domain: a flattened calibration starts from the profile without curves
+    with pytest.raises(ValueError, match="'image' domain"):
+        with_site_contrast(ab, study, out / "g-x.json", sites=["C"], subjects=[2, 3], domain="flattened")
+    flat = with_site_contrast(
+        prof, study, out / "g-flat.json", sites=["A", "B"], subjects=[0, 1], domain="flattened"
+    )
+    assert flat.parameters["site_contrast"]["domain"] == "flattened"
+    assert (
+        with_site_contrast(flat, study, out / "g-flat-c.json", sites=["C"]).parameters["site_contrast"][
+            "domain"
+        ]
+        == "flattened"
+    )
 
 
 def test_calibration_needs_a_smooth_field_profile(gain_profile, tmp_path):

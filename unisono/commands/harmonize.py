@@ -151,6 +151,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--subjects", help="subjects whose scans calibrate, e.g. 1-12 (default all; unpaired)")
     c.add_argument("-o", "--out", required=True, help="profile to write (.json, beside the input profile)")
     c.add_argument("--name", help="profile name (default: file stem)")
+    c.add_argument(
+        "--domain",
+        choices=("image", "flattened"),
+        default=None,
+        help="curves on the output as it is or with its smooth field divided out (default: the "
+        "profile's curves' own, else image)",
+    )
     c.set_defaults(handler=cmd_calibrate)
 
     a = sub.add_parser("apply", help="apply a profile to MRD images (.h5), NIfTI (.nii/.nii.gz) or .npy")
@@ -553,6 +560,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         sites=_str_list(args.sites) if args.sites else None,
         subjects=_int_list(args.subjects) if args.subjects else None,
         name=args.name,
+        domain=args.domain,
     )
     curves = out.parameters["site_contrast"]["sites"]
     counts = ", ".join(f"{k} ({v['n_images']} scans)" for k, v in sorted(curves.items()))
