@@ -61,6 +61,11 @@ def bandwidth_scale(noise_dwell_s: float, data_dwell_s: float, relative_bandwidt
     return noise_dwell_s / data_dwell_s * relative_bandwidth
 
 
+#: smallest/largest eigenvalue of a usable noise covariance: far below any real coil array's
+#: spread (10^-2..10^-4), far above a duplicated channel's rounding residue (~10^-7 in complex64)
+MIN_EIGENVALUE_RATIO = 1e-6
+
+
 def prewhitening_matrix(cov: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Whitening matrix from a noise covariance (Cholesky-based).
 
@@ -78,7 +83,10 @@ def prewhitening_matrix(cov: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     # Symmetrise: the sample estimate is Hermitian only up to rounding.
     c = 0.5 * (c + c.conj().T)
     L, info = torch.linalg.cholesky_ex(c)
-    if int(info) != 0:
+    # a duplicated channel estimated in single precision is singular only up to rounding, and
+    # Cholesky may pass it with a tiny pivot: judge by the eigenvalue spread instead
+    ev = torch.linalg.eigvalsh(c)
+    if int(info) != 0 or float(ev[0]) <= MIN_EIGENVALUE_RATIO * float(ev[-1]):
         raise ValueError("noise covariance is not positive definite (a dead or duplicated channel?)")
     eye = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
     W = torch.linalg.solve_triangular(L, eye, upper=False)
