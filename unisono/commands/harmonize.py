@@ -398,8 +398,11 @@ def _run_scans(tasks: list[_ScanTask], args: argparse.Namespace, overrides: dict
     )
     if args.jobs == 1:
         _init_scan_worker(args.protocol, overrides, None)
-        for task in tasks:
-            yield _scan(task, scan_args)
+        try:
+            for task in tasks:
+                yield _scan(task, scan_args)
+        finally:
+            _WORKER.clear()  # the sequence and chain are not kept past the study
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
