@@ -213,3 +213,19 @@ def test_detrended_structure_ignores_a_smooth_gain_field_but_not_blur():
     assert M.structure_similarity(x, blurred, m, detrend=True) < 0.95
     other = synthetic_subject(7, (1, 64, 64)).signal
     assert M.structure_similarity(x, other, m, detrend=True) < 0.75
+
+
+def test_site_noise_feature_is_in_plane_texture():
+    """The classifier's noise feature is the in-plane Laplacian: a stack whose slices differ in
+    anatomy or level (5 mm apart) has the texture of its slices, and noise raises it."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:32, :32]
+    mask = np.broadcast_to((yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 12**2, (3, 32, 32))
+    smooth = np.exp(-((xx - 16.0) ** 2 + (yy - 16.0) ** 2) / 400.0)
+    stack = np.stack([smooth * level for level in (80.0, 100.0, 60.0)])
+    noisy = stack + rng.normal(0.0, 2.0, stack.shape)
+    flat_noise = M.site_features(stack, mask)[-1]
+    assert flat_noise < 1.0  # the slices' different levels are not texture (3-D Laplacian: 33)
+    assert M.site_features(noisy, mask)[-1] > 5.0 > 5 * flat_noise
+    one = M.site_features(noisy[1:2], mask[1:2])[-1]
+    assert one == pytest.approx(M.site_features(noisy, mask)[-1], rel=0.2)
