@@ -301,11 +301,11 @@ def with_site_contrast(
     base_params = {k: v for k, v in profile.parameters.items() if k != "site_contrast"}
     base = replace(profile, parameters=base_params)
     existing = profile.parameters.get("site_contrast")
-    if existing and domain not in (None, SiteContrast.from_dict(existing).domain):
+    held = SiteContrast.from_dict(existing) if existing else None
+    if held is not None and domain not in (None, held.domain):
         raise ValueError(
-            f"domain={domain!r}: the profile's curves act in the "
-            f"{SiteContrast.from_dict(existing).domain!r} domain; calibrate the profile without its "
-            "curves to change it"
+            f"domain={domain!r}: the profile's curves act in the {held.domain!r} domain; "
+            "calibrate the profile without its curves to change it"
         )
     by_site = {}
     used = []
@@ -316,8 +316,8 @@ def with_site_contrast(
         used += scans
         by_site[site] = ([apply_learned(base, s.image, s.mask) for s in scans], [s.mask for s in scans])
     target = profile.target_site or study.sites[0]
-    if existing:
-        contrast = SiteContrast.from_dict(existing)
+    if held is not None:
+        contrast = held
         for site, (ims, mks) in by_site.items():
             contrast = add_site(contrast, site, ims, mks)
     else:

@@ -144,9 +144,8 @@ def site_features(image: object, mask: object) -> np.ndarray:
     m = check_mask(mask, img.shape)
     q = np.quantile(img[m], np.linspace(0.05, 0.95, 19))
     # slice by slice: across 5-mm slices the second difference is anatomy, not noise texture
-    vol = img[None] if img.ndim == 2 else img
-    lap = np.stack([ndimage.laplace(sl, mode="nearest") for sl in vol])
-    lap = lap[0] if img.ndim == 2 else lap
+    slices = img.reshape(-1, *img.shape[-2:])
+    lap = np.stack([ndimage.laplace(sl, mode="nearest") for sl in slices]).reshape(img.shape)
     interior = ndimage.binary_erosion(m, iterations=2) if m.sum() > 50 else m
     return np.append(q, np.median(np.abs(lap[interior if interior.any() else m])))
 

@@ -356,7 +356,8 @@ class _ScanTask:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_scan_worker(protocol: str, overrides: dict, torch_threads: int | None) -> None:
+def _init_scan_worker(protocol: str, overrides: dict, torch_threads: int | None, built=None) -> None:
+    """Build the sequence (unless ``built`` is given) and the recon chain in this process."""
     from gadgets import load_chain
     from sequences import build_protocol
 
@@ -364,7 +365,7 @@ def _init_scan_worker(protocol: str, overrides: dict, torch_threads: int | None)
         import torch
 
         torch.set_num_threads(torch_threads)
-    _WORKER["built"] = build_protocol(protocol, overrides=overrides)
+    _WORKER["built"] = built if built is not None else build_protocol(protocol, overrides=overrides)
     _WORKER["chain"] = load_chain("cartesian", overrides={"harmonize": {"enabled": False}})
 
 
@@ -385,8 +386,11 @@ def _scan(task: _ScanTask, args: argparse.Namespace):
     return (*out, time.perf_counter() - t0)
 
 
-def _run_scans(tasks: list[_ScanTask], args: argparse.Namespace, overrides: dict):
+def _run_scans(tasks: list[_ScanTask], args: argparse.Namespace, overrides: dict, built):
     """Results of ``_scan`` for each task, in task order; ``args.jobs`` processes share the work.
+
+    ``built`` is the protocol's sequence, used as it is in this process; spawned workers
+    rebuild it from (protocol, overrides), as a built sequence does not pickle.
 
     Each scan is seeded by (subject, site, repeat) alone, so the study does not depend on how
     many processes ran it. Workers are spawned (not forked: torch's thread pools do not survive a
@@ -397,7 +401,7 @@ def _run_scans(tasks: list[_ScanTask], args: argparse.Namespace, overrides: dict
         device=args.device, isochromats=args.isochromats, spins=args.spins, phantom_margin=args.phantom_margin
     )
     if args.jobs == 1:
-        _init_scan_worker(args.protocol, overrides, None)
+        _init_scan_worker(args.protocol, overrides, None, built)
         try:
             for task in tasks:
                 yield _scan(task, scan_args)
@@ -443,7 +447,8 @@ def cmd_study(args: argparse.Namespace) -> int:
             if s not in known:
                 raise ValueError(f"unknown site {s!r}; known sites: {known}")
         overrides = {**STUDY_SEQUENCE_DEFAULTS, "matrix": args.matrix, **parse_key_values(args.set)}
-        _check_slices_match_the_phantom(build_protocol(args.protocol, overrides=overrides).params)
+        built = build_protocol(args.protocol, overrides=overrides)
+        _check_slices_match_the_phantom(built.params)
         if args.phantom_margin < 0 or args.jobs < 1:
             raise ValueError(
                 f"--phantom-margin must be >= 0 and --jobs >= 1, got {args.phantom_margin} and {args.jobs}"
@@ -464,7 +469,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                     _ScanTask(subj, site, rep, clean_isochromats if want_clean else None, clean_spins)
                 )
         for task, (image, labels, brain, orient, clean, seconds) in zip(
-            tasks, _run_scans(tasks, args, overrides), strict=True
+            tasks, _run_scans(tasks, args, overrides, built), strict=True
         ):
             subj, site, rep, a = task.subject, task.site, task.repeat, subject_atrophy(task.subject)
             orientations.add(orient)
