@@ -17,6 +17,7 @@ from harmonize.learned import (
     apply_learned,
     intensity_unit,
     output_level,
+    output_shading,
     save_weights,
     train_unet,
 )
@@ -275,6 +276,7 @@ def with_site_contrast(
     subjects: Sequence[int] | None = None,
     name: str | None = None,
     domain: str | None = None,
+    shading: str | None = None,
 ) -> HarmonizationProfile:
     """A copy of a smooth-field U-Net ``profile`` with per-site contrast curves (harmonize.site_contrast).
 
@@ -285,6 +287,9 @@ def with_site_contrast(
     out of training can be calibrated this way, from its own scans alone. domain: what the
     curves act on (site_contrast.DOMAINS; default: the profile's curves' own, else "image");
     a table holds one domain, so it cannot differ from that of curves the profile holds.
+    shading: the output's smooth shading, "kept" or "removed" (learned.OUTPUT_SHADINGS,
+    parameters["output_shading"]; default: the profile's own); the curves are calibrated on
+    that output, so it cannot change under curves the profile already holds.
     The copy shares the weights file, so ``out_path`` must be in the same folder as the profile.
     """
 
@@ -299,6 +304,10 @@ def with_site_contrast(
     if unknown:
         raise ValueError(f"sites {sorted(unknown)} are not in the study (sites: {study.sites})")
     base_params = {k: v for k, v in profile.parameters.items() if k != "site_contrast"}
+    own_shading = output_shading(base_params)
+    if shading is not None:
+        base_params["output_shading"] = shading
+        output_shading(base_params)
     base = replace(profile, parameters=base_params)
     existing = profile.parameters.get("site_contrast")
     held = SiteContrast.from_dict(existing) if existing else None
@@ -306,6 +315,11 @@ def with_site_contrast(
         raise ValueError(
             f"domain={domain!r}: the profile's curves act in the {held.domain!r} domain; "
             "calibrate the profile without its curves to change it"
+        )
+    if held is not None and shading not in (None, own_shading):
+        raise ValueError(
+            f"shading={shading!r}: the profile's curves were calibrated on its output with the "
+            f"shading {own_shading}; calibrate the profile without its curves to change it"
         )
     by_site = {}
     used = []
@@ -325,5 +339,6 @@ def with_site_contrast(
     params = {**base_params, "site_contrast": contrast.to_dict()}
     return _derived(
         profile, out, name, params, {"site_contrast_from": _provenance(study, used)},
-        f"; then one contrast curve per site ({', '.join(sorted(contrast.sites))}) onto {target}",
+        ("; smooth shading removed" if output_shading(params) == "removed" and own_shading == "kept" else "")
+        + f"; then one contrast curve per site ({', '.join(sorted(contrast.sites))}) onto {target}",
     )  # fmt: skip

@@ -36,12 +36,14 @@ from torch.nn import functional as F
 
 from harmonize._arrays import as_magnitude, check_mask
 from harmonize.unet import UNet2D, UNetConfig, pad_to_multiple
-from harmonize.volumes import parenchyma_level
+from harmonize.volumes import log_field, parenchyma_level
 
 log = logging.getLogger(__name__)
 
 #: in-mask percentile that defines each image's intensity unit
 REFERENCE_PERCENTILE = 99.0
+#: what a smooth-field profile's output keeps of the smooth shading (parameters["output_shading"])
+OUTPUT_SHADINGS = ("kept", "removed")
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,24 @@ def scale_output(out: np.ndarray, mask: np.ndarray, scale: dict[str, Any]) -> np
     return (out * (float(scale["value"]) / level)).astype(np.float32)
 
 
+def output_shading(parameters: dict[str, Any]) -> str:
+    """The profile's ``output_shading`` (one of OUTPUT_SHADINGS; profiles without it: "kept")."""
+    shading = str(parameters.get("output_shading", "kept"))
+    if shading not in OUTPUT_SHADINGS:
+        raise ValueError(f"output_shading must be one of {OUTPUT_SHADINGS}, got {shading!r}")
+    return shading
+
+
+def remove_shading(out: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``out`` (z, y, x) with its smooth field (harmonize.volumes.log_field, geometric mean 1
+    in ``mask``) divided out, 0 outside ``mask``, float32. The field is scale-free, so the
+    output anchor's level is kept."""
+    m = check_mask(mask, out.shape)
+    if not m.any():
+        return out
+    return np.where(m, out / log_field(out, m), 0).astype(np.float32)
+
+
 def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str | None = None) -> np.ndarray:
     """apply_profile's learned branch: the profile's U-Net on ``image`` (z, y, x) inside ``mask``.
 
@@ -264,6 +284,9 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
     warps the network's output histogram onto that reference (the "unet+cdf" variant). One
     with parameters["output_scale"] ({"statistic": "parenchyma" | "median", "value": v}) then
     multiplies the output by one gain so that that level is v (the smooth-field variants). One with
+    parameters["output_shading"] = "removed" then divides out the output's smooth field
+    (``remove_shading``: a bias-corrected output, whose intensities are tissue levels rather
+    than tissue times where the head sat under the coils). One with
     parameters["site_contrast"] (harmonize.site_contrast) then maps the output through the
     curve of ``site`` (the scanner the image comes from; unknown sites pass unchanged) and
     re-applies the anchor, so that the level stays pinned whatever the curve.
@@ -272,6 +295,8 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
     scale = profile.parameters.get("output_scale")
     if scale:
         out = scale_output(out, mask, scale)
+    if output_shading(profile.parameters) == "removed":
+        out = remove_shading(out, mask)
     contrast = profile.parameters.get("site_contrast")
     if contrast:
         from harmonize.site_contrast import SiteContrast, apply_site_contrast

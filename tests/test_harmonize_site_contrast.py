@@ -192,6 +192,38 @@ def test_calibrated_profile_maps_each_site_and_adds_a_held_out_one(gain_profile)
     )
 
 
+def test_removed_shading_gives_a_flat_output_at_the_anchor_level(gain_profile):
+    """output_shading "removed": the output's smooth field is divided out before the curves, so
+    a scan under steep receive shading comes out flat, at the profile's parenchyma level, with
+    the curves calibrated on that flat output; the network's own output keeps the shading."""
+    study, prof, out = gain_profile
+    flat = with_site_contrast(
+        prof, study, out / "g-un.json", sites=["A", "B"], subjects=[0, 1], shading="removed"
+    )
+    assert flat.parameters["output_shading"] == "removed" and "shading removed" in flat.description
+    scan = study.get(3, "B")
+    shaded = _shaded(scan.image, 1.5)
+    kept, removed = apply_profile(prof, shaded, scan.mask), apply_profile(flat, shaded, scan.mask, site="B")
+
+    def span(image: np.ndarray) -> float:
+        """Peak-to-peak log of the image's smooth field inside the mask."""
+        return float(np.ptp(np.log(log_field(image, scan.mask)[scan.mask])))
+
+    assert span(kept) > 1.0 > 0.05 > span(removed)
+    level = flat.parameters["output_scale"]["value"]
+    assert parenchyma_level(removed, scan.mask) == pytest.approx(level, rel=1e-4)
+    assert np.all(removed[~scan.mask] == 0)
+    # the curves were calibrated on the flat output: the shading cannot change under them
+    with pytest.raises(ValueError, match="shading='kept'"):
+        with_site_contrast(flat, study, out / "g-x.json", sites=["C"], shading="kept")
+    assert (
+        with_site_contrast(flat, study, out / "g-un-c.json", sites=["C"]).parameters["output_shading"]
+        == "removed"
+    )
+    with pytest.raises(ValueError, match="output_shading must be one of"):
+        HarmonizationProfile("x", "unet", {"output_shading": "flat"})
+
+
 def test_calibration_needs_a_smooth_field_profile(gain_profile, tmp_path):
     study, prof, out = gain_profile
     cfg = TrainingConfig(iterations=1, batch_size=2, unet=UNetConfig(base_channels=4, depth=2))
@@ -216,6 +248,9 @@ def test_calibrate_and_apply_from_the_command_line(tmp_path):
                  "-o", str(cal)]) == 0  # fmt: skip
     loaded = load_profile(cal)
     assert sorted(loaded.parameters["site_contrast"]["sites"]) == ["A", "B"]
+    assert main(["harmonize", "calibrate", str(prof), "--scans", str(study_dir), "--shading", "removed",
+                 "-o", str(tmp_path / "g-flat.json")]) == 0  # fmt: skip
+    assert load_profile(tmp_path / "g-flat.json").parameters["output_shading"] == "removed"
     img = np.load(study_dir / "sub-002_site-B_rep-0.npz")["image"]
     np.save(tmp_path / "in.npy", img)
     assert main(["harmonize", "apply", str(cal), str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"),

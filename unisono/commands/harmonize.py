@@ -158,6 +158,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="curves on the output as it is or with its smooth field divided out (default: the "
         "profile's curves' own, else image)",
     )
+    c.add_argument(
+        "--shading",
+        choices=("kept", "removed"),
+        default=None,
+        help="the output's smooth shading: kept (the target site's, as the network maps it) or removed "
+        "(divided out before the curves: a bias-corrected output; default: the profile's own)",
+    )
     c.set_defaults(handler=cmd_calibrate)
 
     a = sub.add_parser("apply", help="apply a profile to MRD images (.h5), NIfTI (.nii/.nii.gz) or .npy")
@@ -569,6 +576,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         subjects=_int_list(args.subjects) if args.subjects else None,
         name=args.name,
         domain=args.domain,
+        shading=args.shading,
     )
     curves = out.parameters["site_contrast"]["sites"]
     counts = ", ".join(f"{k} ({v['n_images']} scans)" for k, v in sorted(curves.items()))
