@@ -225,6 +225,21 @@ def test_study_default_twin_is_the_scan_without_thermal_noise(tmp_path):
     m = noisy.mask
     diff = np.abs(clean.image - noisy.image)[m]
     assert 0 < diff.mean() < 0.02 * noisy.image[m].mean()
+    # --noise-scale K: the same noise draws K times stronger, prescan too; prewhitening puts images
+    # in units of the noise sd, so the twin comes out K times smaller and the noise K times stronger
+    # relative to it
+    louder = tmp_path / "loud"
+    assert main(["harmonize", "study", "--subjects", "2", "--sites", "siteA,siteB", "--matrix", "32",
+                 "--isochromats", "1", "--spins", "2", "--clean-site", "siteA", "--clean-subjects", "1",
+                 "--noise-scale", "20", "-o", str(louder)]) == 0  # fmt: skip
+    loud = load_study(louder)
+    assert loud.provenance["thermal_noise_scale"] == 20 and study.provenance["thermal_noise_scale"] == 1
+    loud_clean, loud_noisy = loud.get(1, "siteA", CLEAN_REPEAT), loud.get(1, "siteA", 0)
+    np.testing.assert_allclose(20 * loud_clean.image[m], clean.image[m], rtol=1e-3)
+    loud_diff = np.abs(loud_clean.image - loud_noisy.image)[m]
+    assert loud_diff.mean() / loud_clean.image[m].mean() == pytest.approx(
+        20 * diff.mean() / clean.image[m].mean(), rel=0.1
+    )
 
 
 def test_benchmark_reports_every_method():
@@ -290,7 +305,9 @@ def test_slab_study_phantom_margin_and_parallel_scans_agree(tmp_path):
         np.testing.assert_array_equal(a.labels, b.labels)
 
 
-@pytest.mark.parametrize("option", [["--phantom-margin", "-1"], ["--jobs", "0"]])
+@pytest.mark.parametrize(
+    "option", [["--phantom-margin", "-1"], ["--jobs", "0"], ["--noise-scale", "0"], ["--noise-scale", "nan"]]
+)
 def test_study_refuses_a_negative_margin_or_no_jobs(option, tmp_path, capsys):
     out = tmp_path / "s"
     args = ["harmonize", "study", "--subjects", "2", "--sites", "siteA,siteB", *option, "-o", str(out)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SLICES",
         help="phantom slices beyond each end of the slice stack (default 0: the phantom ends with the "
         "stack); 1 gives the outer slices of a contiguous stack the tissue a head has beyond them",
+    )
+    s.add_argument(
+        "--noise-scale",
+        type=float,
+        default=1.0,
+        metavar="K",
+        help="multiply every site's thermal noise (its noise.sigma, prescan included) by K (default 1; "
+        "the site files' noise is 10-30x below a head scan's at these voxels, docs/harmonization.md)",
     )
     s.add_argument(
         "--jobs",
@@ -270,6 +279,7 @@ def _simulated_scan(
     from simulator import brain_phantom, load_site, simulate, with_site
 
     site = load_site(site_name)
+    site = dataclasses.replace(site, noise_sigma=site.noise_sigma * args.noise_scale)
     prm = built.params
     n, margin = int(prm["n_slices"]), args.phantom_margin
     # the margin slices are excited only by the stack's slice-profile tails; the study keeps
@@ -405,7 +415,11 @@ def _run_scans(tasks: list[_ScanTask], args: argparse.Namespace, overrides: dict
     """
     # only what _simulated_scan reads crosses to the workers
     scan_args = argparse.Namespace(
-        device=args.device, isochromats=args.isochromats, spins=args.spins, phantom_margin=args.phantom_margin
+        device=args.device,
+        isochromats=args.isochromats,
+        spins=args.spins,
+        phantom_margin=args.phantom_margin,
+        noise_scale=args.noise_scale,
     )
     if args.jobs == 1:
         _init_scan_worker(args.protocol, overrides, None, built)
@@ -460,6 +474,8 @@ def cmd_study(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--phantom-margin must be >= 0 and --jobs >= 1, got {args.phantom_margin} and {args.jobs}"
             )
+        if not (args.noise_scale > 0 and math.isfinite(args.noise_scale)):
+            raise ValueError(f"--noise-scale must be a finite number > 0, got {args.noise_scale}")
         scans, orientations = [], set()
         clean_isochromats = args.clean_isochromats or args.isochromats
         clean_spins = args.clean_spins or args.spins
@@ -496,6 +512,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                 "isochromats_per_voxel": args.isochromats,
                 "spins_per_isochromat": args.spins,
                 "phantom_margin_slices": args.phantom_margin,
+                "thermal_noise_scale": args.noise_scale,
                 "chain": "cartesian (harmonize disabled)",
                 "label_orientation": sorted(orientations),
                 "atrophy": "explicit per subject, a golden-ratio sequence in 0..0.3 (see subject_atrophy)",
