@@ -30,6 +30,7 @@ from harmonize.profile import (
     save_profile,
 )
 from harmonize.site_contrast import SiteContrast, add_site, calibrate_sites
+from harmonize.site_noise import SiteNoise, calibrate_site_noise
 from harmonize.study import CLEAN_REPEAT, Study, StudyScan
 
 #: learned variants fit_profile accepts: name -> UNetConfig settings of the variant. All write
@@ -277,6 +278,7 @@ def with_site_contrast(
     name: str | None = None,
     domain: str | None = None,
     shading: str | None = None,
+    noise_sd: float | None = None,
 ) -> HarmonizationProfile:
     """A copy of a smooth-field U-Net ``profile`` with per-site contrast curves (harmonize.site_contrast).
 
@@ -290,6 +292,10 @@ def with_site_contrast(
     shading: the output's smooth shading, "kept" or "removed" (learned.OUTPUT_SHADINGS,
     parameters["output_shading"]; default: the profile's own); the curves are calibrated on
     that output, so it cannot change under curves the profile already holds.
+    noise_sd: the scans' thermal noise sd in their own units
+    (site_noise.PREWHITENED_RSS_NOISE_SD for the recon's images); given, each named site's
+    noise level is calibrated too (harmonize.site_noise; added to a table the profile holds),
+    and the output of a site noisier than the target is brought down to its level.
     The copy shares the weights file, so ``out_path`` must be in the same folder as the profile.
     """
 
@@ -303,7 +309,8 @@ def with_site_contrast(
     unknown = set(names) - set(study.sites)
     if unknown:
         raise ValueError(f"sites {sorted(unknown)} are not in the study (sites: {study.sites})")
-    base_params = {k: v for k, v in profile.parameters.items() if k != "site_contrast"}
+    # the curves are calibrated on what reaches them: the output before curves and noise step
+    base_params = {k: v for k, v in profile.parameters.items() if k not in ("site_contrast", "site_noise")}
     own_shading = output_shading(base_params)
     if shading is not None:
         base_params["output_shading"] = shading
@@ -321,7 +328,7 @@ def with_site_contrast(
             f"shading={shading!r}: the profile's curves were calibrated on its output with the "
             f"shading {own_shading}; calibrate the profile without its curves to change it"
         )
-    by_site = {}
+    by_site, unharmonized = {}, {}
     used = []
     for site in names:
         scans = study.select(subjects, [site], repeat=0)
@@ -329,6 +336,7 @@ def with_site_contrast(
             raise ValueError(f"no scans of the calibration subjects at site {site!r}")
         used += scans
         by_site[site] = ([apply_learned(base, s.image, s.mask) for s in scans], [s.mask for s in scans])
+        unharmonized[site] = ([s.image for s in scans], by_site[site][1])
     target = profile.target_site or study.sites[0]
     if held is not None:
         contrast = held
@@ -337,8 +345,15 @@ def with_site_contrast(
     else:
         contrast = calibrate_sites(by_site, target, domain=domain or "image")
     params = {**base_params, "site_contrast": contrast.to_dict()}
+    held_noise = profile.parameters.get("site_noise")
+    noise = SiteNoise.from_dict(held_noise) if held_noise else None
+    if noise_sd is not None:
+        noise = calibrate_site_noise(unharmonized, target, noise_sd, held=noise)
+    if noise is not None:
+        params["site_noise"] = noise.to_dict()
     return _derived(
         profile, out, name, params, {"site_contrast_from": _provenance(study, used)},
         ("; smooth shading removed" if output_shading(params) == "removed" and own_shading == "kept" else "")
-        + f"; then one contrast curve per site ({', '.join(sorted(contrast.sites))}) onto {target}",
+        + f"; then one contrast curve per site ({', '.join(sorted(contrast.sites))}) onto {target}"
+        + (f"; noisier sites' noise brought down to {target}'s" if noise and not held_noise else ""),
     )  # fmt: skip

@@ -289,7 +289,9 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
     than tissue times where the head sat under the coils). One with
     parameters["site_contrast"] (harmonize.site_contrast) then maps the output through the
     curve of ``site`` (the scanner the image comes from; unknown sites pass unchanged) and
-    re-applies the anchor, so that the level stays pinned whatever the curve.
+    re-applies the anchor, so that the level stays pinned whatever the curve. One with
+    parameters["site_noise"] (harmonize.site_noise) then brings the noise of a site noisier
+    than the target down to the target's.
     """
     out = predict(_model_for(profile), image, mask)
     scale = profile.parameters.get("output_scale")
@@ -304,6 +306,11 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
         out = apply_site_contrast(out, mask, SiteContrast.from_dict(contrast), site)
         if scale:
             out = scale_output(out, mask, scale)
+    noise = profile.parameters.get("site_noise")
+    if noise:
+        from harmonize.site_noise import SiteNoise, apply_site_noise
+
+        out = apply_site_noise(out, mask, SiteNoise.from_dict(noise), site)
     ref = profile.parameters.get("output_cdf")
     if ref:
         from harmonize.cdf import CdfReference, cdf_align

@@ -87,6 +87,10 @@ class HarmonizationProfile:
             from harmonize.site_contrast import SiteContrast
 
             SiteContrast.from_dict(self.parameters["site_contrast"])  # one clear error at load
+        if "site_noise" in self.parameters:
+            from harmonize.site_noise import SiteNoise
+
+            SiteNoise.from_dict(self.parameters["site_noise"])  # one clear error at load
         if "output_shading" in self.parameters:
             from harmonize.learned import output_shading
 

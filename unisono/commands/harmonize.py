@@ -174,6 +174,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the output's smooth shading: kept (the target site's, as the network maps it) or removed "
         "(divided out before the curves: a bias-corrected output; default: the profile's own)",
     )
+    c.add_argument(
+        "--noise-sd",
+        type=float,
+        default=None,
+        metavar="SD",
+        help="the scans' thermal noise sd in their own units (the recon's prewhitened RSS images: "
+        "0.7071); given, each site's noise level is calibrated too and the output of a site noisier "
+        "than the target is brought down to the target's",
+    )
     c.set_defaults(handler=cmd_calibrate)
 
     a = sub.add_parser("apply", help="apply a profile to MRD images (.h5), NIfTI (.nii/.nii.gz) or .npy")
@@ -594,6 +603,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         name=args.name,
         domain=args.domain,
         shading=args.shading,
+        noise_sd=args.noise_sd,
     )
     curves = out.parameters["site_contrast"]["sites"]
     counts = ", ".join(f"{k} ({v['n_images']} scans)" for k, v in sorted(curves.items()))
