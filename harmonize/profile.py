@@ -228,7 +228,8 @@ def apply_profile(
     mask: bool foreground (z, y, x); auto_mask(image) if None. Outside the mask the
     output is exactly 0. site: the scanner the image comes from (the MRD header's
     stationName), used by learned profiles with per-site contrast curves
-    (harmonize.site_contrast); the other methods ignore it.
+    (harmonize.site_contrast) or noise levels (harmonize.site_noise); the other methods
+    ignore it.
     """
     img = as_magnitude(image)
     m = check_mask(auto_mask(img) if mask is None else mask, img.shape)

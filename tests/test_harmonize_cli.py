@@ -254,6 +254,7 @@ def test_benchmark_reports_every_method():
         "unet",
         "unet-gain",
         "unet-gain-sites",
+        "unet-gain-sites+noise",
     }
     assert res["methods"]["unet-gain"]["profile"] == "unet-gain"  # the shipped profile is timed
     for v in res["methods"].values():
