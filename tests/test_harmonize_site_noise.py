@@ -141,3 +141,5 @@ def test_calibrate_adds_a_noise_table_to_a_profile(tmp_path):
     assert main(["harmonize", "calibrate", str(tmp_path / "g.json"), "--scans", str(study_dir),
                  "--noise-sd", "0.7071", "-o", str(out)]) == 0  # fmt: skip
     assert sorted(load_profile(out).parameters["site_noise"]["levels"]) == ["A", "B"]
+    with pytest.raises(ValueError, match="noise_sd must be"):
+        with_site_contrast(prof, study, tmp_path / "g-x.json", noise_sd=-1.0)
