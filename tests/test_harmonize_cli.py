@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -130,10 +131,26 @@ def test_cli_errors_are_one_sentence(study_dir, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("profile", ["default", "unet", "unet-gain", "unet-gain-sites"])
-def test_gadget_output_on_a_stream_equals_apply(profile):
-    """The harmonize gadget in the real chain gives what `apply_profile` gives on the unharmonized image,
-    with the site named by the header's stationName (which picks a per-site contrast curve)."""
+def _noise_step_profile(folder) -> str:
+    """The shipped unet-gain-sites with a noise table in which siteB is the noisier site, and a
+    bias-corrected output (parameters the gadget must pass through as `apply` does)."""
+    import shutil
+
+    from harmonize.profile import save_profile
+
+    shipped = load_profile("unet-gain-sites")
+    shutil.copy(shipped.weights_path(), folder / shipped.weights_file)
+    noise = {"target_site": "siteA", "levels": {"siteA": 0.0129, "siteB": 0.0297}}
+    params = {**shipped.parameters, "site_noise": noise, "output_shading": "removed"}
+    prof = replace(shipped, name="noise-step", parameters=params, source_dir=None)
+    return str(save_profile(prof, folder / "noise-step.json"))
+
+
+@pytest.mark.parametrize("profile", ["default", "unet", "unet-gain", "unet-gain-sites", "noise-step"])
+def test_gadget_output_on_a_stream_equals_apply(profile, tmp_path):
+    """The harmonize gadget in the real chain gives what `apply_profile` gives on the unharmonized
+    image, with the site named by the header's stationName (which picks a per-site contrast curve
+    and noise level)."""
     import ismrmrd
     import torch
 
@@ -142,6 +159,8 @@ def test_gadget_output_on_a_stream_equals_apply(profile):
     from simulator import brain_phantom, load_site, simulate, with_site
 
     torch.set_num_threads(1)
+    if profile == "noise-step":
+        profile = _noise_step_profile(tmp_path)
     built = build_protocol("gre2d", overrides={"matrix": 32, "flip_angle": 30.0})
     site = load_site("siteB")
     ph = brain_phantom(field_T=site.field_T, fov_m=0.22, matrix=32, subject=2)
@@ -156,7 +175,7 @@ def test_gadget_output_on_a_stream_equals_apply(profile):
     expected = apply_profile(prof, np.abs(np.asarray(plain[0].data))[0], site="siteB")
     np.testing.assert_allclose(np.asarray(harm[0].data)[0], expected, rtol=1e-5, atol=1e-5)
     meta = ismrmrd.Meta.deserialize(harm[0].attribute_string)
-    assert meta["unisono.harmonization"] == profile
+    assert meta["unisono.harmonization"] == prof.name
     assert meta["unisono.harmonization_sha256"] == prof.sha256
     if "site_contrast" in prof.parameters:
         assert meta["unisono.harmonization_site"] == "siteB"
