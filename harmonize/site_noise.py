@@ -88,7 +88,7 @@ class SiteNoise:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SiteNoise:
         try:
-            return cls(
+            fields = (
                 str(d["target_site"]),
                 {str(k): float(v) for k, v in d["levels"].items()},
                 {str(k): int(v) for k, v in d.get("n_images", {}).items()},
@@ -97,12 +97,11 @@ class SiteNoise:
                 int(d.get("search_radius", 3)),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            if isinstance(exc, ValueError) and str(exc).startswith("site_noise"):
-                raise
             raise ValueError(
                 "site_noise must be {target_site, levels: {site: level > 0}, n_images (optional), "
                 "strength, patch_radius, search_radius (optional)}"
             ) from exc
+        return cls(*fields)  # its own checks name the field that is wrong
 
 
 def relative_noise(image: object, mask: object, noise_sd: float) -> float:
