@@ -188,5 +188,7 @@ def apply_site_noise(image: object, mask: object, table: SiteNoise, site: str | 
     if w == 0 or not m.any():
         return np.where(m, x, 0).astype(np.float32)
     sd = table.levels[site] * parenchyma_level(x, m)
+    if not sd > 0:  # no positive tissue level (a blank image): no noise scale to filter with
+        return np.where(m, x, 0).astype(np.float32)
     smooth = non_local_means(x, m, table.strength * sd, sd, table.patch_radius, table.search_radius)
     return np.where(m, (1 - w) * x + w * smooth, 0).astype(np.float32)

@@ -91,6 +91,9 @@ def test_a_noisier_sites_output_comes_down_to_the_targets_noise():
     assert _flat_noise(out_b, truth_b, mask) / 100 == pytest.approx(0.02, rel=0.25)
     noisy_a, _, _ = _disc_image(100.0, 2.0, 2)
     np.testing.assert_array_equal(apply_site_noise(noisy_a, mask, table, "A"), noisy_a)
+    # a blank image from the noisier site has no tissue level to scale the filter: returned as it is
+    blank = np.zeros_like(noisy_b)
+    np.testing.assert_array_equal(apply_site_noise(blank, mask, table, "B"), blank)
 
 
 @pytest.mark.parametrize(
