@@ -30,7 +30,7 @@ from harmonize.profile import (
     save_profile,
 )
 from harmonize.site_contrast import SiteContrast, add_site, calibrate_sites
-from harmonize.site_noise import SiteNoise, calibrate_site_noise
+from harmonize.site_noise import SiteNoise, calibrate_site_noise, check_noise_sd
 from harmonize.study import CLEAN_REPEAT, Study, StudyScan
 
 #: learned variants fit_profile accepts: name -> UNetConfig settings of the variant. All write
@@ -309,8 +309,8 @@ def with_site_contrast(
     unknown = set(names) - set(study.sites)
     if unknown:
         raise ValueError(f"sites {sorted(unknown)} are not in the study (sites: {study.sites})")
-    if noise_sd is not None and not (np.isfinite(noise_sd) and noise_sd > 0):
-        raise ValueError(f"noise_sd must be a finite number > 0, got {noise_sd}")
+    if noise_sd is not None:
+        check_noise_sd(noise_sd)  # before any curve is fitted
     # the curves are calibrated on what reaches them: the output before curves and noise step
     base_params = {k: v for k, v in profile.parameters.items() if k not in ("site_contrast", "site_noise")}
     own_shading = output_shading(base_params)

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from harmonize._arrays import as_magnitude, check_mask
 from harmonize.unet import UNet2D, UNetConfig, pad_to_multiple
-from harmonize.volumes import log_field, parenchyma_level
+from harmonize.volumes import field_corrected_values, parenchyma_level
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,9 @@ def remove_shading(out: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = check_mask(mask, out.shape)
     if not m.any():
         return out
-    return np.where(m, out / log_field(out, m), 0).astype(np.float32)
+    flat = np.zeros(out.shape, dtype=np.float32)
+    flat[m] = field_corrected_values(out, m)
+    return flat
 
 
 def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str | None = None) -> np.ndarray:
@@ -310,7 +312,9 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
     if noise:
         from harmonize.site_noise import SiteNoise, apply_site_noise
 
-        out = apply_site_noise(out, mask, SiteNoise.from_dict(noise), site)
+        # the anchor has just pinned the parenchyma level: no need to measure it again
+        level = float(scale["value"]) if scale and scale.get("statistic") == "parenchyma" else None
+        out = apply_site_noise(out, mask, SiteNoise.from_dict(noise), site, level)
     ref = profile.parameters.get("output_cdf")
     if ref:
         from harmonize.cdf import CdfReference, cdf_align

@@ -38,7 +38,7 @@ import numpy as np
 
 from harmonize._arrays import as_magnitude, check_mask
 from harmonize._piecewise import piecewise_linear, strictly_increasing
-from harmonize.volumes import log_field
+from harmonize.volumes import field_corrected_values, log_field
 
 #: quantile levels (percent) of the curves: 100 evenly spaced levels between 0.5 and 99.5 %.
 #: Fewer levels (the 11 of Nyúl's landmarks, 7) left more of the histogram's shape to a site
@@ -135,9 +135,8 @@ def mean_quantiles(
         m = check_mask(mk, x.shape)
         if not m.any():
             raise ValueError("a calibration image has an empty mask")
-        if domain == "flattened":
-            x = x / log_field(x, m)
-        rows.append(np.percentile(x[m], percentiles))
+        values = field_corrected_values(x, m) if domain == "flattened" else x[m]
+        rows.append(np.percentile(values, percentiles))
     return np.mean(rows, axis=0)
 
 

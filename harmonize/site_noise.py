@@ -104,10 +104,15 @@ class SiteNoise:
         return cls(*fields)  # its own checks name the field that is wrong
 
 
-def relative_noise(image: object, mask: object, noise_sd: float) -> float:
-    """ν of one scan: ``noise_sd`` (its thermal noise sd, image units) over its parenchyma level."""
+def check_noise_sd(noise_sd: float) -> None:
+    """One clear error for a noise sd that is not a finite number > 0."""
     if not (np.isfinite(noise_sd) and noise_sd > 0):
         raise ValueError(f"noise_sd must be a finite number > 0, got {noise_sd}")
+
+
+def relative_noise(image: object, mask: object, noise_sd: float) -> float:
+    """ν of one scan: ``noise_sd`` (its thermal noise sd, image units) over its parenchyma level."""
+    check_noise_sd(noise_sd)
     level = parenchyma_level(image, mask)
     if level <= 0:
         raise ValueError("a calibration image has no positive parenchyma level")
@@ -179,15 +184,18 @@ def non_local_means(
     return out[0] if img.ndim == 2 else out
 
 
-def apply_site_noise(image: object, mask: object, table: SiteNoise, site: str | None) -> np.ndarray:
+def apply_site_noise(
+    image: object, mask: object, table: SiteNoise, site: str | None, level: float | None = None
+) -> np.ndarray:
     """``image`` (a profile's output, z, y, x) with ``site``'s noise brought down to the target's
-    (see the module docstring); 0 outside ``mask``, float32."""
+    (see the module docstring); 0 outside ``mask``, float32. level: the image's parenchyma level
+    when the caller already knows it (an output anchor pinned it); measured otherwise."""
     x = as_magnitude(image)
     m = check_mask(mask, x.shape)
     w = table.weight(site)
     if w == 0 or not m.any():
         return np.where(m, x, 0).astype(np.float32)
-    sd = table.levels[site] * parenchyma_level(x, m)
+    sd = table.levels[site] * (parenchyma_level(x, m) if level is None else level)
     if not sd > 0:  # no positive tissue level (a blank image): no noise scale to filter with
         return np.where(m, x, 0).astype(np.float32)
     smooth = non_local_means(x, m, table.strength * sd, sd, table.patch_radius, table.search_radius)
