@@ -108,7 +108,9 @@ def brain_phantom(
         slice_thickness_m: voxel size along z (m); each voxel averages the template over it.
         n_slices: number of slices, centred on ``centre_z_mni_mm``.
         subject: 0 = the template; n > 0 = a seeded deformed, scaled, atrophied subject.
-        slice_gap_m: gap between slices (m).
+        slice_gap_m: gap between slices (m). Each voxel spans thickness + gap along z (its
+            spins fill the gap too, so slices sit where a sequence with that gap excites them);
+            its tissue is the template averaged over the slice thickness around its centre.
         centre_z_mni_mm: MNI z of the middle slice (mm).
         atrophy: override the subject's atrophy factor (0..0.5: about this fraction of GM, and
             half of it of WM, is turned into CSF, where the tissue borders CSF; see the module doc).
@@ -126,6 +128,8 @@ def brain_phantom(
         raise ValueError(f"n_slices={n_slices!r} must be an integer in 1..256")
     if not 0.0002 <= slice_thickness_m <= 0.05:
         raise ValueError(f"slice_thickness_m={slice_thickness_m} must be in 0.0002..0.05 m")
+    if not (math.isfinite(slice_gap_m) and 0.0 <= slice_gap_m <= 0.05):
+        raise ValueError(f"slice_gap_m={slice_gap_m} must be in 0..0.05 m")
     if not isinstance(subject, int) or subject < 0:
         raise ValueError(f"subject={subject!r} must be a non-negative integer")
     if resolution not in (1, 2):
@@ -182,7 +186,7 @@ def brain_phantom(
     return phantom_from_fractions(
         fractions,
         field_T,
-        (slice_thickness_m, pix_mm * 1e-3, pix_mm * 1e-3),
+        (slice_thickness_m + slice_gap_m, pix_mm * 1e-3, pix_mm * 1e-3),
         mask > 0.5,
         name=f"brain-subject{subject}",
     )

@@ -193,3 +193,50 @@ def test_cli_multislice_phantom_follows_the_slice_positions(tmp_path):
     assert sorted(z.values()) == pytest.approx([-3.0, 3.0], abs=0.01)
     # each excited slice lies inside its own phantom slice: equal signal (2% noise allowance)
     assert abs(peak[0] - peak[1]) < 0.02 * max(peak.values())
+
+
+def test_a_gapped_even_stacks_phantom_slices_lie_on_the_excited_slices():
+    """gre2d with 4 slices of 5 mm, 2 mm apart: the phantom's voxels span the 7 mm spacing and,
+    moved by the stack's offset, sit on the sequence's slice centres; each slice holds the
+    template's anatomy at its own height (a single slice centred there)."""
+    import sequences
+    from sequences.gre import slice_positions
+    from simulator.brain import VENTRICLE_Z_MNI_MM
+    from simulator.phantom_spec import phantom_from_spec, slice_stack
+
+    built = sequences.build_protocol("gre2d", overrides={"matrix": 16, "n_slices": 4, "slice_gap": 2.0})
+    stack = slice_stack(built.seq)
+    assert stack is not None and stack.n_slices == 4
+    assert stack.thickness_m == pytest.approx(0.005) and stack.gap_m == pytest.approx(0.002)
+    ph = phantom_from_spec("brain", field_T=3.0, fov_m=0.22, matrix=16, slice_thickness_m=0.005,
+                           n_slices=4, slice_gap_m=stack.gap_m)  # fmt: skip
+    ph.offset_m = (0.0, 0.0, stack.phantom_offset_m())
+    assert ph.voxel_size_m[0] == pytest.approx(0.007)
+    z = ph.positions_m()[:, 0, 0, 2].numpy()
+    np.testing.assert_allclose(z, slice_positions(4, 0.005, 0.002), atol=1e-6)
+    # phantom slice i was sampled at (i - 2) spacings from the centre: the same anatomy as one
+    # slice centred there
+    for i in (0, 3):
+        one = brain_phantom(field_T=3.0, matrix=16, centre_z_mni_mm=VENTRICLE_Z_MNI_MM + (i - 2) * 7.0)
+        np.testing.assert_allclose(ph.pd[i].numpy(), one.pd[0].numpy(), atol=1e-5)
+    # with a margin slice on each side the stack's slices keep their places
+    padded = phantom_from_spec("brain", field_T=3.0, fov_m=0.22, matrix=16, slice_thickness_m=0.005,
+                               n_slices=6, slice_gap_m=stack.gap_m)  # fmt: skip
+    padded.offset_m = (0.0, 0.0, stack.phantom_offset_m())
+    np.testing.assert_allclose(padded.positions_m()[1:5, 0, 0, 2].numpy(), z, atol=1e-6)
+
+
+def test_slice_stack_refuses_slices_one_grid_cannot_hold():
+    from types import SimpleNamespace
+
+    from simulator.phantom_spec import slice_stack
+
+    assert slice_stack(SimpleNamespace(definitions={})) is None
+    one = slice_stack(SimpleNamespace(definitions={"SlicePositions": 0.01, "SliceThickness": 0.004}))
+    assert one is not None and one.phantom_offset_m() == pytest.approx(0.01) and one.gap_m == 0.0
+    with pytest.raises(ValueError, match="equally spaced"):
+        slice_stack(SimpleNamespace(definitions={"SlicePositions": [0.0, 0.006, 0.02]}))
+    with pytest.raises(ValueError, match="equally spaced"):
+        slice_stack(SimpleNamespace(definitions={"SlicePositions": [0.0, 0.0]}))
+    with pytest.raises(ValueError, match="slice_gap_m"):
+        brain_phantom(matrix=16, slice_gap_m=-0.001)

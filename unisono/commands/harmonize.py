@@ -286,13 +286,15 @@ def _simulated_scan(
 
     from gadgets import run_chain
     from simulator import brain_phantom, load_site, simulate, with_site
+    from simulator.phantom_spec import slice_stack
 
     site = load_site(site_name)
     site = dataclasses.replace(site, noise_sigma=site.noise_sigma * args.noise_scale)
     prm = built.params
     n, margin = int(prm["n_slices"]), args.phantom_margin
+    stack = slice_stack(built.seq)
     # the margin slices are excited only by the stack's slice-profile tails; the study keeps
-    # the stack's own slices (the phantom stays centred on the stack: n + 2 margin is odd)
+    # the stack's own slices, each of which lies where the sequence excites it
     ph = brain_phantom(
         field_T=site.field_T,
         fov_m=prm["fov"],
@@ -301,7 +303,10 @@ def _simulated_scan(
         n_slices=n + 2 * margin,
         subject=subject,
         atrophy=atrophy,
+        slice_gap_m=stack.phantom_gap_m if stack is not None else 0.0,
     )
+    if stack is not None:
+        ph.offset_m = (0.0, 0.0, stack.phantom_offset_m())
     stack = slice(margin, margin + n)
     hdr = with_site(built.header, site)
 
@@ -351,20 +356,6 @@ def subject_atrophy(subject: int) -> float:
     """
     golden = (5**0.5 - 1) / 2
     return float(0.3 * ((0.5 + subject * golden) % 1.0))
-
-
-def _check_slices_match_the_phantom(params: dict) -> None:
-    """The study's brain phantom stacks its slices at one slice thickness apart, centred on
-    slice n // 2 (simulator.Phantom.positions_m); the sequence puts them at thickness + gap
-    apart, centred between slices. They coincide only for one slice, or an odd number of
-    slices with no gap; any other stack would excite the phantom off its voxels silently."""
-    n, gap = int(params["n_slices"]), float(params.get("slice_gap", 0.0))
-    if n > 1 and (gap != 0.0 or n % 2 == 0):
-        raise ValueError(
-            f"n_slices={n} with slice_gap={gap * 1e3:g} mm: a multi-slice study needs an odd "
-            "n_slices and slice_gap=0 (the brain phantom's slices are contiguous and centred "
-            "on the middle one); set e.g. --set n_slices=3 --set slice_gap=0"
-        )
 
 
 @dataclass(frozen=True)
@@ -478,7 +469,6 @@ def cmd_study(args: argparse.Namespace) -> int:
                 raise ValueError(f"unknown site {s!r}; known sites: {known}")
         overrides = {**STUDY_SEQUENCE_DEFAULTS, "matrix": args.matrix, **parse_key_values(args.set)}
         built = build_protocol(args.protocol, overrides=overrides)
-        _check_slices_match_the_phantom(built.params)
         if args.phantom_margin < 0 or args.jobs < 1:
             raise ValueError(
                 f"--phantom-margin must be >= 0 and --jobs >= 1, got {args.phantom_margin} and {args.jobs}"

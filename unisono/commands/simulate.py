@@ -60,7 +60,7 @@ def _handle(args: argparse.Namespace) -> int:
 
     from simulator import load_site, minimal_header, simulate, with_site, write_raw
     from simulator.motion import parse_motion
-    from simulator.phantom_spec import phantom_from_spec
+    from simulator.phantom_spec import phantom_from_spec, slice_stack
     from simulator.scanner import load_sequence
 
     site = load_site(args.site)
@@ -71,21 +71,20 @@ def _handle(args: argparse.Namespace) -> int:
         header = with_site(header_for_seq_file(args.seq), site)
     except ImportError:
         header = minimal_header(seq, site)
-    matrix, fov_m, n_slices, spacing = _header_geometry(header)
-    z_offset = 0.0
-    positions = seq.definitions.get("SlicePositions")
-    if positions is not None and len(positions) > 1 and not args.slices and not args.slice_thickness:
+    matrix, fov_m, n_slices, thickness = _header_geometry(header)
+    z_offset, gap = 0.0, 0.0
+    stack = slice_stack(seq)
+    if stack is not None and stack.n_slices > 1 and not args.slices and not args.slice_thickness:
         # 2-D multi-slice: one phantom slice per excited slice, at the sequence's positions
-        pos = sorted(float(p) for p in positions)
-        n_slices, spacing = len(pos), float(pos[1] - pos[0])
-        z_offset = pos[0] + (n_slices // 2) * spacing
+        n_slices, thickness, gap = stack.n_slices, stack.thickness_m, stack.gap_m
+        z_offset = stack.phantom_offset_m()
     matrix = args.matrix or min(matrix, 256)
     fov_m = args.fov * 1e-3 if args.fov else fov_m
     n_slices = args.slices or n_slices
-    spacing = args.slice_thickness * 1e-3 if args.slice_thickness else spacing
+    thickness = args.slice_thickness * 1e-3 if args.slice_thickness else thickness
     phantom = phantom_from_spec(
-        args.phantom, field_T=site.field_T, fov_m=fov_m, matrix=matrix, slice_thickness_m=spacing,
-        n_slices=n_slices, subject=args.subject,
+        args.phantom, field_T=site.field_T, fov_m=fov_m, matrix=matrix, slice_thickness_m=thickness,
+        n_slices=n_slices, subject=args.subject, slice_gap_m=gap,
     )  # fmt: skip
     if Path(args.phantom).suffix in (".h5", ".hdf5"):
         z_offset = 0.0  # a user's phantom keeps its own geometry
