@@ -392,6 +392,8 @@ def _heads(buf: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:
 
 
 def _append(group: h5py.Group, name: str, rows: np.ndarray, dtype: np.dtype) -> None:
+    # mrdfile.RawWriter grows the same layout; importing it would load the gadgets package
+    # (and torch) into the converter process, which this module keeps light
     if name not in group:
         group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_ROWS,))
     d = group[name]

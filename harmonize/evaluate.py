@@ -11,8 +11,10 @@ units can share one table:
   the subject's mean WM–CSF contrast in the same units (lower = more alike).
 - tissue_spread: across-site sd of CSF/GM/WM means over WM–CSF contrast.
 - site_accuracy: leave-one-subject-out site classifier (diagonal LDA on intensity
-  quantiles and a noise-texture feature; chance 1/n_sites); site_accuracy_nc: the
-  earlier nearest-centroid classifier, kept for comparison.
+  quantiles and a noise-texture feature; chance 1/n_sites), with a 95 % subject-bootstrap
+  interval (``site_accuracy_ci95``: the images' predictions kept, whole test subjects
+  resampled, metrics.bootstrap_site_accuracy); site_accuracy_nc: the earlier
+  nearest-centroid classifier, kept for comparison.
 - structure: SSIM structure term against the unharmonized scan (anatomy kept = 1);
   structure_lowpass: the same after a 1-px Gaussian low-pass of both (noise removed
   from the comparison); structure_detrended (and _lowpass): each window's plane in
@@ -119,6 +121,7 @@ def score_method(
             w1.append(M.wasserstein1(ia[a.mask], ib[b.mask]) / abs(contrast))
         spread.append(M.tissue_mean_spread(imgs, lab, [CSF, GM, WM], WM, CSF))
     feats = np.array([M.site_features(images[s.key], s.mask) for s in scans])
+    site_labels, subject_labels = [s.site for s in scans], [s.subject for s in scans]
     atrophy = [s.atrophy for s in scans]
     if readouts is None:
         readouts = atrophy_readouts(scans, images)
@@ -127,12 +130,11 @@ def score_method(
         "psnr_db": float(np.mean(psnr)),
         "w1": float(np.mean(w1)),
         "tissue_spread": float(np.mean(spread)),
-        "site_accuracy": M.site_classifier_accuracy(
-            feats, [s.site for s in scans], [s.subject for s in scans], method="dlda"
+        "site_accuracy": M.site_classifier_accuracy(feats, site_labels, subject_labels, method="dlda"),
+        "site_accuracy_ci95": list(
+            M.percentile_interval(M.bootstrap_site_accuracy(feats, site_labels, subject_labels))
         ),
-        "site_accuracy_nc": M.site_classifier_accuracy(
-            feats, [s.site for s in scans], [s.subject for s in scans], method="nc"
-        ),
+        "site_accuracy_nc": M.site_classifier_accuracy(feats, site_labels, subject_labels, method="nc"),
     }
     for name, options in STRUCTURE_VARIANTS.items():
         out[name] = float(

@@ -158,7 +158,15 @@ FLOAT32_RESOLUTION = 1e-6
 def site_classifier_accuracy(
     features: np.ndarray, sites: Sequence[str], subjects: Sequence[int], method: str = "dlda"
 ) -> float:
-    """Leave-one-subject-out accuracy of a site classifier (chance is 1 / number of sites).
+    """Leave-one-subject-out accuracy of a site classifier (chance is 1 / number of sites):
+    the mean of ``site_classifier_correct``."""
+    return float(site_classifier_correct(features, sites, subjects, method).mean())
+
+
+def site_classifier_correct(
+    features: np.ndarray, sites: Sequence[str], subjects: Sequence[int], method: str = "dlda"
+) -> np.ndarray:
+    """Whether a leave-one-subject-out site classifier names each image's site, shape (n_images,).
 
     features: (n_images, n_features); sites/subjects: per-image labels. All images of the
     held-out subject are classified by a model fitted on the other subjects' images.
@@ -180,7 +188,7 @@ def site_classifier_accuracy(
         raise ValueError("features must be (n_images, n_features) with one site and subject per image")
     if np.unique(subj_arr).size < 2:
         raise ValueError("site_classifier_accuracy needs images of >= 2 subjects")
-    correct = 0
+    correct = np.zeros(X.shape[0], dtype=bool)
     for s in np.unique(subj_arr):
         test, train = subj_arr == s, subj_arr != s
         labels = np.unique(site_arr[train])
@@ -197,8 +205,8 @@ def site_classifier_accuracy(
             resolution = FLOAT32_RESOLUTION * np.abs(X[train]).mean(0)
             scale = np.maximum(np.maximum(var, resolution**2), 1e-12 * max(float(var.max()), 1e-300))
         d = (((X[test][:, None, :] - cents[None]) ** 2) / scale).sum(-1)
-        correct += int((labels[np.argmin(d, axis=1)] == site_arr[test]).sum())
-    return correct / X.shape[0]
+        correct[test] = labels[np.argmin(d, axis=1)] == site_arr[test]
+    return correct
 
 
 def _detrended_stats(x: np.ndarray, y: np.ndarray, m: np.ndarray, sigma: float):
@@ -372,16 +380,9 @@ def bootstrap_pearson_r(
     g = np.asarray(groups)
     if not x.shape == y.shape == g.shape or x.ndim != 1:
         raise ValueError(f"a, b and groups must be 1-D of one length, got {x.shape}, {y.shape}, {g.shape}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    counts, inverse = _subject_draws(g, n_resamples, seed)
     if np.isnan(y).any():
         return None
-    labels, inverse = np.unique(g, return_inverse=True)
-    if labels.size < 3:
-        raise ValueError(f"the bootstrap needs >= 3 groups (subjects), got {labels.size}")
-    draws = np.random.default_rng(seed).integers(0, labels.size, size=(n_resamples, labels.size))
-    counts = np.zeros((n_resamples, labels.size))
-    np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
     w = counts[:, inverse]  # weight of each image in each resample: how often its subject was drawn
     n = w.sum(1, keepdims=True)
     mx, my = (w @ x)[:, None] / n, (w @ y)[:, None] / n
@@ -390,6 +391,46 @@ def bootstrap_pearson_r(
     with np.errstate(divide="ignore", invalid="ignore"):
         r = sxy / np.sqrt(sxx * syy)
     return np.where(np.isfinite(r), r, 0.0)  # a resample with one distinct subject: constant, r 0
+
+
+def _subject_draws(groups: np.ndarray, n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """How often each group (subject) is drawn in each cluster-bootstrap resample, shape
+    (n_resamples, n_groups), and each image's group index (``np.unique``'s inverse). The draws
+    depend only on the number of groups, ``n_resamples`` and ``seed``: every bootstrap of the
+    same images with one seed resamples the same subjects."""
+    labels, inverse = np.unique(groups, return_inverse=True)
+    if labels.size < 3:
+        raise ValueError(f"the bootstrap needs >= 3 groups (subjects), got {labels.size}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    draws = np.random.default_rng(seed).integers(0, labels.size, size=(n_resamples, labels.size))
+    counts = np.zeros((n_resamples, labels.size))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
+    return counts, inverse
+
+
+def bootstrap_site_accuracy(
+    features: np.ndarray,
+    sites: Sequence[str],
+    subjects: Sequence[int],
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> np.ndarray:
+    """``site_classifier_accuracy`` (diagonal LDA) on cluster-bootstrap resamples of the test
+    subjects, shape (n_resamples,).
+
+    Each image keeps the prediction its leave-one-subject-out fold made; whole subjects are
+    drawn with replacement (the draws of ``bootstrap_pearson_r`` for one seed), each bringing
+    all its images. The interval says how far the accuracy depends on which subjects were
+    tested. It leaves out how the classifier would differ had it learned from other subjects:
+    refitting on each resample instead trains on about 63 % distinct subjects, a weaker
+    classifier, and shifted the whole interval below the point estimate (study48's shipped
+    profile: 0.417 with [0.324, 0.491]).
+    """
+    correct = site_classifier_correct(features, sites, subjects)
+    counts, inverse = _subject_draws(np.asarray(subjects), n_resamples, seed)
+    w = counts[:, inverse]
+    return (w @ correct) / w.sum(1)
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:

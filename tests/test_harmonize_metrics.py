@@ -229,3 +229,29 @@ def test_site_noise_feature_is_in_plane_texture():
     assert M.site_features(noisy, mask)[-1] > 5.0 > 5 * flat_noise
     one = M.site_features(noisy[1:2], mask[1:2])[-1]
     assert one == pytest.approx(M.site_features(noisy, mask)[-1], rel=0.2)
+
+
+def test_site_accuracy_bootstrap_resamples_the_test_subjects():
+    """Each resample is the mean correctness of the drawn subjects' images (a subject drawn
+    twice counts twice), the leave-one-subject-out predictions kept; separable sites stay at
+    1; features without any site information give an interval around chance as wide as 36
+    subjects allow."""
+    rng = np.random.default_rng(3)
+    n, sites = 12, ["A", "B", "C"]
+    site_labels = np.tile(sites, n)
+    subjects = np.repeat(np.arange(n), 3)
+    X = rng.normal(size=(3 * n, 4)) + 0.8 * (site_labels == "A")[:, None]
+    correct = M.site_classifier_correct(X, site_labels, subjects)
+    assert correct.mean() == M.site_classifier_accuracy(X, site_labels, subjects)
+    samples = M.bootstrap_site_accuracy(X, site_labels, subjects, n_resamples=6, seed=5)
+    counts, _ = M._subject_draws(subjects, 6, 5)
+    for c, got in zip(counts, samples, strict=True):
+        drawn = np.concatenate([np.flatnonzero(subjects == j) for j in range(n) for _ in range(int(c[j]))])
+        assert got == pytest.approx(correct[drawn].mean(), abs=1e-12)
+    sep = np.column_stack([(site_labels == s).astype(float) + 0.01 * rng.normal(size=3 * n) for s in sites])
+    assert np.all(M.bootstrap_site_accuracy(sep, site_labels, subjects, n_resamples=50) == 1.0)
+    big = np.repeat(np.arange(36), 3)
+    noise = np.random.default_rng(0).normal(size=(108, 20))
+    lo, hi = M.percentile_interval(M.bootstrap_site_accuracy(noise, np.tile(sites, 36), big))
+    assert lo < M.site_classifier_accuracy(noise, np.tile(sites, 36), big) < hi
+    assert lo < 1 / 3 < hi and 0.1 < hi - lo < 0.3
