@@ -147,6 +147,59 @@ def score_method(
     return out
 
 
+def evaluation_scans(
+    study: Study, test_subjects: Sequence[int] | None = None, sites: Sequence[str] | None = None
+) -> list[StudyScan]:
+    """The scans an evaluation scores: repeat 0 of ``test_subjects`` (default: all) at ``sites``."""
+    scans = study.select(test_subjects, sites, repeat=0)
+    if len({s.subject for s in scans}) < 2 or len({s.site for s in scans}) < 2:
+        raise ValueError("evaluation needs >= 2 test subjects scanned at >= 2 sites")
+    return scans
+
+
+def score_images(
+    scans: Sequence[StudyScan],
+    images: Mapping[str, Mapping[Key, np.ndarray]],
+    heldout_sites: Sequence[str] = (),
+    raw: str | None = None,
+) -> dict[str, Any]:
+    """Score each method's images (method name -> {scan key: image}, one image per scan) as
+    ``evaluate_study`` does, with the intervals of r, and the paired intervals against the
+    method named ``raw`` (the unharmonized images) when given. Any harmonizer's outputs can
+    be scored this way, not only a profile's.
+
+    Returns {"methods": {name: scores}, "test_subjects", "sites", "heldout_sites", "chance"}.
+    """
+    if raw is not None and raw not in images:
+        raise ValueError(f"raw={raw!r} is not among the methods {sorted(images)}")
+    result: dict[str, Any] = {
+        "test_subjects": sorted({s.subject for s in scans}),
+        "sites": sorted({s.site for s in scans}),
+        "heldout_sites": list(heldout_sites),
+        "chance": 1.0 / len({s.site for s in scans}),
+        "methods": {},
+    }
+    r_samples: dict[str, dict[str, np.ndarray | None]] = {}  # method -> read-out -> bootstrap r
+    for name, imgs in images.items():
+        missing = [s.key for s in scans if s.key not in imgs]
+        if missing:
+            raise ValueError(f"method {name!r} has no image for scans {missing[:3]}")
+        readouts = atrophy_readouts(scans, imgs)
+        scores = score_method(scans, imgs, heldout_sites, readouts)
+        r_samples[name] = {key: _r_samples(scans, readouts[key]) for key in READOUTS}
+        for key, samples in r_samples[name].items():
+            scores[f"{key}_ci95"] = None if samples is None else list(M.percentile_interval(samples))
+        result["methods"][name] = scores
+    for name in result["methods"]:
+        if raw is None or name == raw:
+            continue
+        for key in READOUTS:
+            a, b = r_samples[name][key], r_samples[raw][key]
+            paired = None if a is None or b is None else list(M.percentile_interval(a - b))
+            result["methods"][name][f"{key}_minus_raw_ci95"] = paired
+    return result
+
+
 def evaluate_study(
     study: Study,
     profiles: Mapping[str, HarmonizationProfile | None],
@@ -160,41 +213,13 @@ def evaluate_study(
     Returns {"methods": {name: scores}, "test_subjects", "sites", "heldout_sites", "chance",
     and "images" {name: {key: image}} when keep_images}.
     """
-    scans = study.select(test_subjects, sites, repeat=0)
-    if len({s.subject for s in scans}) < 2 or len({s.site for s in scans}) < 2:
-        raise ValueError("evaluation needs >= 2 test subjects scanned at >= 2 sites")
-    n_sites = len({s.site for s in scans})
-    result: dict[str, Any] = {
-        "test_subjects": sorted({s.subject for s in scans}),
-        "sites": sorted({s.site for s in scans}),
-        "heldout_sites": list(heldout_sites),
-        "chance": 1.0 / n_sites,
-        "methods": {},
-    }
-    images = {}
-    r_samples: dict[str, dict[str, np.ndarray | None]] = {}  # method -> read-out -> bootstrap r
-    raw = None  # the unharmonized method's name, if scored
+    scans = evaluation_scans(study, test_subjects, sites)
+    images = {name: harmonize_scans(scans, prof) for name, prof in profiles.items()}
+    raw = next((name for name, prof in profiles.items() if prof is None), None)
+    result = score_images(scans, images, heldout_sites, raw)
     for name, prof in profiles.items():
-        imgs = harmonize_scans(scans, prof)
-        readouts = atrophy_readouts(scans, imgs)
-        scores = score_method(scans, imgs, heldout_sites, readouts)
-        r_samples[name] = {key: _r_samples(scans, readouts[key]) for key in READOUTS}
-        for key, samples in r_samples[name].items():
-            scores[f"{key}_ci95"] = None if samples is None else list(M.percentile_interval(samples))
-        if prof is None:
-            raw = name
-        else:
-            scores["profile_sha256"] = prof.sha256
-        result["methods"][name] = scores
-        if keep_images:
-            images[name] = imgs
-    for name in result["methods"]:
-        if raw is None or name == raw:
-            continue
-        for key in READOUTS:
-            a, b = r_samples[name][key], r_samples[raw][key]
-            paired = None if a is None or b is None else list(M.percentile_interval(a - b))
-            result["methods"][name][f"{key}_minus_raw_ci95"] = paired
+        if prof is not None:
+            result["methods"][name]["profile_sha256"] = prof.sha256
     if keep_images:
         result["images"] = images
     return result

@@ -32,6 +32,7 @@ from harmonize.profile import (
 from harmonize.site_contrast import SiteContrast, add_site, calibrate_sites
 from harmonize.site_noise import SiteNoise, calibrate_site_noise, check_noise_sd
 from harmonize.study import CLEAN_REPEAT, Study, StudyScan
+from harmonize.target_shading import calibrate_target_shading
 
 #: learned variants fit_profile accepts: name -> UNetConfig settings of the variant. All write
 #: method "unet"; the output kind is recorded in the profile's parameters["unet"] (and in the
@@ -268,6 +269,13 @@ def with_output_cdf(
     )  # fmt: skip
 
 
+#: what ``with_site_contrast`` adds to a profile's description when it changes the shading
+_SHADING_NOTES = {
+    "removed": "; smooth shading removed",
+    "target": "; smooth shading replaced by the target site's own",
+}
+
+
 def with_site_contrast(
     profile: HarmonizationProfile,
     study: Study,
@@ -289,9 +297,12 @@ def with_site_contrast(
     out of training can be calibrated this way, from its own scans alone. domain: what the
     curves act on (site_contrast.DOMAINS; default: the profile's curves' own, else "image");
     a table holds one domain, so it cannot differ from that of curves the profile holds.
-    shading: the output's smooth shading, "kept" or "removed" (learned.OUTPUT_SHADINGS,
+    shading: the output's smooth shading, "kept", "removed" or "target" (learned.OUTPUT_SHADINGS,
     parameters["output_shading"]; default: the profile's own); the curves are calibrated on
-    that output, so it cannot change under curves the profile already holds.
+    that output (for "target" on the flat output the target's shading then goes on), so it
+    cannot change under curves the profile already holds. "target" calibrates the target
+    site's shading from its scans of ``subjects`` (harmonize.target_shading) unless the
+    profile holds it already.
     noise_sd: the scans' thermal noise sd in their own units
     (site_noise.PREWHITENED_RSS_NOISE_SD for the recon's images); given, each named site's
     noise level is calibrated too (harmonize.site_noise; added to a table the profile holds),
@@ -312,12 +323,15 @@ def with_site_contrast(
     if noise_sd is not None:
         check_noise_sd(noise_sd)  # before any curve is fitted
     # the curves are calibrated on what reaches them: the output before curves and noise step
-    base_params = {k: v for k, v in profile.parameters.items() if k not in ("site_contrast", "site_noise")}
+    steps = ("site_contrast", "site_noise", "target_shading")
+    base_params = {k: v for k, v in profile.parameters.items() if k not in steps}
     own_shading = output_shading(base_params)
     if shading is not None:
         base_params["output_shading"] = shading
         output_shading(base_params)
-    base = replace(profile, parameters=base_params)
+    # "target" puts its shading on after the curves: they see the flat output, as with "removed"
+    flat = {"output_shading": "removed"} if output_shading(base_params) == "target" else {}
+    base = replace(profile, parameters={**base_params, **flat})
     existing = profile.parameters.get("site_contrast")
     held = SiteContrast.from_dict(existing) if existing else None
     if held is not None and domain not in (None, held.domain):
@@ -347,6 +361,13 @@ def with_site_contrast(
     else:
         contrast = calibrate_sites(by_site, target, domain=domain or "image")
     params = {**base_params, "site_contrast": contrast.to_dict()}
+    if output_shading(params) == "target":
+        # kept under held curves (the shading cannot change there); else the target's scans are
+        # among the calibrated ones (calibrate_sites has required them)
+        held_shading = profile.parameters.get("target_shading")
+        params["target_shading"] = (
+            held_shading or calibrate_target_shading(*unharmonized[target], target).to_dict()
+        )
     held_noise = profile.parameters.get("site_noise")
     noise = SiteNoise.from_dict(held_noise) if held_noise else None
     if noise_sd is not None:
@@ -355,7 +376,7 @@ def with_site_contrast(
         params["site_noise"] = noise.to_dict()
     return _derived(
         profile, out, name, params, {"site_contrast_from": _provenance(study, used)},
-        ("; smooth shading removed" if output_shading(params) == "removed" and own_shading == "kept" else "")
+        _SHADING_NOTES.get(output_shading(params), "") if output_shading(params) != own_shading else ""
         + f"; then one contrast curve per site ({', '.join(sorted(contrast.sites))}) onto {target}"
         + (f"; noisier sites' noise brought down to {target}'s" if noise and not held_noise else ""),
     )  # fmt: skip

@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 #: in-mask percentile that defines each image's intensity unit
 REFERENCE_PERCENTILE = 99.0
 #: what a smooth-field profile's output keeps of the smooth shading (parameters["output_shading"])
-OUTPUT_SHADINGS = ("kept", "removed")
+#: kept: the network's own; removed: divided out (bias-corrected); target: divided out, then the
+#: target scanner's calibrated shading multiplied in (harmonize.target_shading)
+OUTPUT_SHADINGS = ("kept", "removed", "target")
 
 
 @dataclass(frozen=True)
@@ -288,7 +290,9 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
     multiplies the output by one gain so that that level is v (the smooth-field variants). One with
     parameters["output_shading"] = "removed" then divides out the output's smooth field
     (``remove_shading``: a bias-corrected output, whose intensities are tissue levels rather
-    than tissue times where the head sat under the coils). One with
+    than tissue times where the head sat under the coils); "target" does the same and, after
+    the curves and the noise step, multiplies in the target scanner's own calibrated shading
+    (parameters["target_shading"], harmonize.target_shading). One with
     parameters["site_contrast"] (harmonize.site_contrast) then maps the output through the
     curve of ``site`` (the scanner the image comes from; unknown sites pass unchanged) and
     re-applies the anchor, so that the level stays pinned whatever the curve. One with
@@ -299,7 +303,7 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
     scale = profile.parameters.get("output_scale")
     if scale:
         out = scale_output(out, mask, scale)
-    if output_shading(profile.parameters) == "removed":
+    if output_shading(profile.parameters) in ("removed", "target"):
         out = remove_shading(out, mask)
     contrast = profile.parameters.get("site_contrast")
     if contrast:
@@ -315,6 +319,11 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
         # the anchor has just pinned the parenchyma level: no need to measure it again
         level = float(scale["value"]) if scale and scale.get("statistic") == "parenchyma" else None
         out = apply_site_noise(out, mask, SiteNoise.from_dict(noise), site, level)
+    shading = profile.parameters.get("target_shading")
+    if shading and output_shading(profile.parameters) == "target":
+        from harmonize.target_shading import TargetShading, apply_target_shading
+
+        out = apply_target_shading(out, mask, TargetShading.from_dict(shading))
     ref = profile.parameters.get("output_cdf")
     if ref:
         from harmonize.cdf import CdfReference, cdf_align

@@ -91,10 +91,20 @@ class HarmonizationProfile:
             from harmonize.site_noise import SiteNoise
 
             SiteNoise.from_dict(self.parameters["site_noise"])  # one clear error at load
-        if "output_shading" in self.parameters:
+        if "output_shading" in self.parameters or "target_shading" in self.parameters:
             from harmonize.learned import output_shading
+            from harmonize.target_shading import TargetShading
 
-            output_shading(self.parameters)  # one clear error at load
+            shading = output_shading(self.parameters)  # one clear error at load
+            table = self.parameters.get("target_shading")
+            if (shading == "target") != (table is not None):
+                held = "given" if table is not None else "absent"
+                raise ValueError(
+                    "output_shading 'target' and a target_shading table go together (output_shading "
+                    f"{shading!r}, target_shading {held}); calibrate the profile with --shading target"
+                )
+            if table is not None:
+                TargetShading.from_dict(table)
 
     @property
     def sha256(self) -> str:

@@ -148,14 +148,44 @@ def _em(x: np.ndarray, n: np.ndarray, mu: np.ndarray, iterations: int) -> PVMixt
     return PVMixture(np.asarray(mu), sd, np.asarray(weights))
 
 
-def _poly_basis(shape: tuple[int, ...]) -> np.ndarray:
-    """Quadratic in-plane polynomial basis (6, z, y, x) on [-1, 1] coordinates, plus linear z."""
+#: the terms of ``poly_basis`` in order (x: columns, y: rows, z: slices; each on [-1, 1])
+LOG_FIELD_TERMS = ("1", "x", "y", "xy", "x2", "y2", "z")
+
+
+def poly_basis(shape: tuple[int, ...]) -> np.ndarray:
+    """Quadratic in-plane polynomial basis (6, z, y, x) on [-1, 1] coordinates, plus linear z
+    for three slices or more (7 terms; LOG_FIELD_TERMS)."""
     z, y, x = (np.linspace(-1, 1, n) if n > 1 else np.zeros(1) for n in shape)
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
     terms = [np.ones_like(xx), xx, yy, xx * yy, xx * xx, yy * yy]
     if shape[0] > 2:
         terms.append(zz)
     return np.stack(terms)
+
+
+def _fit_log_field(vol: np.ndarray, mv: np.ndarray, iterations: int) -> np.ndarray:
+    """Coefficients (over ``poly_basis(vol.shape)``) of log I fitted over the parenchyma voxels
+    of ``vol`` (z, y, x) in ``mv`` (above the Otsu threshold of the field-corrected image,
+    refined ``iterations`` times); all 0 when too few voxels qualify."""
+    basis = poly_basis(vol.shape)
+    logi = np.log(np.maximum(vol, 1e-3 * max(float(np.quantile(vol[mv], 0.99)), 1e-30)))
+    coef = np.zeros(basis.shape[0])
+    for _ in range(iterations):
+        corrected = vol / np.exp(np.tensordot(coef, basis, axes=1))
+        sel = mv & (corrected > otsu_threshold(corrected[mv]))
+        if sel.sum() < basis.shape[0] * 4:
+            break
+        coef, *_ = np.linalg.lstsq(basis[:, sel].T, logi[sel], rcond=None)
+    return coef
+
+
+def log_field_coefficients(image: object, mask: object, iterations: int = 4) -> np.ndarray:
+    """The polynomial of ``log_field`` before it is set to geometric mean 1: coefficients
+    (6 or 7,) of log intensity over ``poly_basis`` (LOG_FIELD_TERMS in order)."""
+    img = as_magnitude(image)
+    m = check_mask(mask, img.shape)
+    vol, mv = (img[None], m[None]) if img.ndim == 2 else (img, m)
+    return _fit_log_field(vol, mv, iterations)
 
 
 def log_field(image: object, mask: object, iterations: int = 4) -> np.ndarray:
@@ -169,17 +199,8 @@ def log_field(image: object, mask: object, iterations: int = 4) -> np.ndarray:
     img = as_magnitude(image)
     m = check_mask(mask, img.shape)
     vol, mv = (img[None], m[None]) if img.ndim == 2 else (img, m)
-    basis = _poly_basis(vol.shape)
-    logi = np.log(np.maximum(vol, 1e-3 * max(float(np.quantile(vol[mv], 0.99)), 1e-30)))
-    field_log = np.zeros_like(vol)
-    for _ in range(iterations):
-        corrected = vol / np.exp(field_log)
-        sel = mv & (corrected > otsu_threshold(corrected[mv]))
-        if sel.sum() < basis.shape[0] * 4:
-            break
-        coef, *_ = np.linalg.lstsq(basis[:, sel].T, logi[sel], rcond=None)
-        field_log = np.tensordot(coef, basis, axes=1)
-        field_log -= field_log[mv].mean()
+    field_log = np.tensordot(_fit_log_field(vol, mv, iterations), poly_basis(vol.shape), axes=1)
+    field_log -= field_log[mv].mean()
     out = np.exp(field_log)
     return out[0] if img.ndim == 2 else out
 
@@ -203,7 +224,7 @@ def flatten_field(
     img = as_magnitude(image)
     m = check_mask(mask, img.shape)
     vol, mv = (img[None], m[None]) if img.ndim == 2 else (img, m)
-    basis = _poly_basis(vol.shape)
+    basis = poly_basis(vol.shape)
     corrected = vol.copy()
     for _ in range(iterations):
         v = corrected[mv]

@@ -131,9 +131,18 @@ def test_cli_errors_are_one_sentence(study_dir, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
-def _noise_step_profile(folder) -> str:
+#: a target shading as calibrate --shading target writes it (siteA's coils brighten the edges)
+TARGET_SHADING = {
+    "site": "siteA",
+    "coefficients": {"x": -0.1, "y": 0.04, "xy": -0.04, "x2": 1.9, "y2": 2.0},
+    "n_images": 12,
+}
+
+
+def _derived_profile(folder, name: str) -> str:
     """The shipped unet-gain-sites with a noise table in which siteB is the noisier site, and a
-    bias-corrected output (parameters the gadget must pass through as `apply` does)."""
+    bias-corrected output ("noise-step") or the target's shading on it ("target-shading"):
+    parameters the gadget must pass through as `apply` does."""
     import shutil
 
     from harmonize.profile import save_profile
@@ -142,11 +151,15 @@ def _noise_step_profile(folder) -> str:
     shutil.copy(shipped.weights_path(), folder / shipped.weights_file)
     noise = {"target_site": "siteA", "levels": {"siteA": 0.0129, "siteB": 0.0297}}
     params = {**shipped.parameters, "site_noise": noise, "output_shading": "removed"}
-    prof = replace(shipped, name="noise-step", parameters=params, source_dir=None)
-    return str(save_profile(prof, folder / "noise-step.json"))
+    if name == "target-shading":
+        params = {**params, "output_shading": "target", "target_shading": TARGET_SHADING}
+    prof = replace(shipped, name=name, parameters=params, source_dir=None)
+    return str(save_profile(prof, folder / f"{name}.json"))
 
 
-@pytest.mark.parametrize("profile", ["default", "unet", "unet-gain", "unet-gain-sites", "noise-step"])
+@pytest.mark.parametrize(
+    "profile", ["default", "unet", "unet-gain", "unet-gain-sites", "noise-step", "target-shading"]
+)
 def test_gadget_output_on_a_stream_equals_apply(profile, tmp_path):
     """The harmonize gadget in the real chain gives what `apply_profile` gives on the unharmonized
     image, with the site named by the header's stationName (which picks a per-site contrast curve
@@ -159,8 +172,8 @@ def test_gadget_output_on_a_stream_equals_apply(profile, tmp_path):
     from simulator import brain_phantom, load_site, simulate, with_site
 
     torch.set_num_threads(1)
-    if profile == "noise-step":
-        profile = _noise_step_profile(tmp_path)
+    if profile in ("noise-step", "target-shading"):
+        profile = _derived_profile(tmp_path, profile)
     built = build_protocol("gre2d", overrides={"matrix": 32, "flip_angle": 30.0})
     site = load_site("siteB")
     ph = brain_phantom(field_T=site.field_T, fov_m=0.22, matrix=32, subject=2)
@@ -274,8 +287,10 @@ def test_benchmark_reports_every_method():
         "unet-gain",
         "unet-gain-sites",
         "unet-gain-sites+noise",
+        "unet-gain-sites+target",
     }
     assert res["methods"]["unet-gain"]["profile"] == "unet-gain"  # the shipped profile is timed
+    assert res["methods"]["unet-gain-sites+target"]["profile"] == "unet-gain-sites+target"
     for v in res["methods"].values():
         assert v["median_s"] > 0 and len(v["profile_sha256"]) == 64
     with pytest.raises(ValueError, match="unknown methods"):

@@ -19,6 +19,7 @@ from harmonize.site_contrast import (
     calibrate_sites,
 )
 from harmonize.study import synthetic_study
+from harmonize.target_shading import TargetShading, apply_target_shading, calibrate_target_shading
 from harmonize.unet import UNetConfig
 from harmonize.volumes import log_field, parenchyma_level
 from unisono.cli import main
@@ -224,6 +225,29 @@ def test_removed_shading_gives_a_flat_output_at_the_anchor_level(gain_profile):
         HarmonizationProfile("x", "unet", {"output_shading": "flat"})
 
 
+def test_target_shading_puts_the_target_sites_own_shading_on_the_flat_output(gain_profile):
+    """output_shading "target": the bias-corrected output of "removed", curves calibrated on it,
+    then the target site's shading, calibrated from its own scans, multiplied in."""
+    study, prof, out = gain_profile
+    kw = {"sites": ["A", "B"], "subjects": [0, 1]}
+    removed = with_site_contrast(prof, study, out / "g-rm.json", shading="removed", **kw)
+    target = with_site_contrast(prof, study, out / "g-tg.json", shading="target", **kw)
+    assert target.parameters["output_shading"] == "target" and "target site's own" in target.description
+    assert target.parameters["site_contrast"] == removed.parameters["site_contrast"]
+    table = TargetShading.from_dict(target.parameters["target_shading"])
+    at_a = study.select([0, 1], ["A"], repeat=0)
+    assert table == calibrate_target_shading([s.image for s in at_a], [s.mask for s in at_a], "A")
+    scan = study.get(3, "B")
+    shaded = _shaded(scan.image, 1.5)
+    want = apply_target_shading(apply_profile(removed, shaded, scan.mask, site="B"), scan.mask, table)
+    np.testing.assert_allclose(apply_profile(target, shaded, scan.mask, site="B"), want, rtol=1e-6)
+    # a held-out site joins under the same table; the shading cannot change under the curves
+    with_c = with_site_contrast(target, study, out / "g-tg-c.json", sites=["C"])
+    assert with_c.parameters["target_shading"] == target.parameters["target_shading"]
+    with pytest.raises(ValueError, match="shading='removed'"):
+        with_site_contrast(target, study, out / "g-x.json", sites=["C"], shading="removed")
+
+
 def test_calibration_needs_a_smooth_field_profile(gain_profile, tmp_path):
     study, prof, out = gain_profile
     cfg = TrainingConfig(iterations=1, batch_size=2, unet=UNetConfig(base_channels=4, depth=2))
@@ -251,6 +275,9 @@ def test_calibrate_and_apply_from_the_command_line(tmp_path):
     assert main(["harmonize", "calibrate", str(prof), "--scans", str(study_dir), "--shading", "removed",
                  "-o", str(tmp_path / "g-flat.json")]) == 0  # fmt: skip
     assert load_profile(tmp_path / "g-flat.json").parameters["output_shading"] == "removed"
+    assert main(["harmonize", "calibrate", str(prof), "--scans", str(study_dir), "--shading", "target",
+                 "-o", str(tmp_path / "g-target.json")]) == 0  # fmt: skip
+    assert load_profile(tmp_path / "g-target.json").parameters["target_shading"]["site"] == "A"
     img = np.load(study_dir / "sub-002_site-B_rep-0.npz")["image"]
     np.save(tmp_path / "in.npy", img)
     assert main(["harmonize", "apply", str(cal), str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"),

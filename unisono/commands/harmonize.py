@@ -37,7 +37,7 @@ STUDY_ISOCHROMATS = 4
 STUDY_SPINS = 32
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
     """'0-3,7' -> [0, 1, 2, 3, 7]."""
     out: list[int] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -169,10 +169,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--shading",
-        choices=("kept", "removed"),
+        choices=("kept", "removed", "target"),
         default=None,
-        help="the output's smooth shading: kept (the target site's, as the network maps it) or removed "
-        "(divided out before the curves: a bias-corrected output; default: the profile's own)",
+        help="the output's smooth shading: kept (the target site's, as the network maps it), removed "
+        "(divided out before the curves: a bias-corrected output) or target (divided out, then the "
+        "target site's own shading, calibrated from its scans, multiplied in); default: the profile's own",
     )
     c.add_argument(
         "--noise-sd",
@@ -452,8 +453,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise ValueError(f"--subjects must be >= 2, got {args.subjects}")
     if len(sites) < 2:
         raise ValueError(f"--sites needs >= 2 sites, got {sites}")
-    rescans = _int_list(args.rescan_subjects)
-    cleans = _int_list(args.clean_subjects) if args.clean_site else []
+    rescans = int_list(args.rescan_subjects)
+    cleans = int_list(args.clean_subjects) if args.clean_site else []
     t0 = time.perf_counter()
     if args.synthetic:
         study = synthetic_study(
@@ -556,7 +557,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         study,
         args.out,
         target_site=args.target_site,
-        train_subjects=_int_list(args.train_subjects) if args.train_subjects else None,
+        train_subjects=int_list(args.train_subjects) if args.train_subjects else None,
         train_sites=_str_list(args.train_sites) if args.train_sites else None,
         name=args.name,
         training=_training_config(args.iterations),
@@ -571,7 +572,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             prof,
             study,
             cdf_path,
-            train_subjects=_int_list(args.train_subjects) if args.train_subjects else None,
+            train_subjects=int_list(args.train_subjects) if args.train_subjects else None,
         )
         print(f"profile {cprof.name} (unet + output CDF) sha256 {cprof.sha256} -> {cdf_path}")
     return 0
@@ -589,7 +590,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         study,
         args.out,
         sites=_str_list(args.sites) if args.sites else None,
-        subjects=_int_list(args.subjects) if args.subjects else None,
+        subjects=int_list(args.subjects) if args.subjects else None,
         name=args.name,
         domain=args.domain,
         shading=args.shading,
@@ -747,7 +748,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     subjects = study.subjects
-    test = _int_list(args.test_subjects) if args.test_subjects else subjects[len(subjects) // 2 :]
+    test = int_list(args.test_subjects) if args.test_subjects else subjects[len(subjects) // 2 :]
     train = [s for s in subjects if s not in test]
     if not train:
         raise ValueError("no training subjects left: --test-subjects takes every subject")
