@@ -34,7 +34,7 @@ units can share one table:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -159,19 +159,18 @@ def evaluation_scans(
 
 def score_images(
     scans: Sequence[StudyScan],
-    images: Mapping[str, Mapping[Key, np.ndarray]],
+    images: Mapping[str, Mapping[Key, np.ndarray]] | Iterable[tuple[str, Mapping[Key, np.ndarray]]],
     heldout_sites: Sequence[str] = (),
     raw: str | None = None,
 ) -> dict[str, Any]:
     """Score each method's images (method name -> {scan key: image}, one image per scan) as
     ``evaluate_study`` does, with the intervals of r, and the paired intervals against the
     method named ``raw`` (the unharmonized images) when given. Any harmonizer's outputs can
-    be scored this way, not only a profile's.
+    be scored this way, not only a profile's. ``images`` may also be an iterable of (name,
+    images) pairs, so that one method's images at a time need be held.
 
     Returns {"methods": {name: scores}, "test_subjects", "sites", "heldout_sites", "chance"}.
     """
-    if raw is not None and raw not in images:
-        raise ValueError(f"raw={raw!r} is not among the methods {sorted(images)}")
     result: dict[str, Any] = {
         "test_subjects": sorted({s.subject for s in scans}),
         "sites": sorted({s.site for s in scans}),
@@ -180,7 +179,7 @@ def score_images(
         "methods": {},
     }
     r_samples: dict[str, dict[str, np.ndarray | None]] = {}  # method -> read-out -> bootstrap r
-    for name, imgs in images.items():
+    for name, imgs in images.items() if isinstance(images, Mapping) else images:
         missing = [s.key for s in scans if s.key not in imgs]
         if missing:
             raise ValueError(f"method {name!r} has no image for scans {missing[:3]}")
@@ -190,6 +189,8 @@ def score_images(
         for key, samples in r_samples[name].items():
             scores[f"{key}_ci95"] = None if samples is None else list(M.percentile_interval(samples))
         result["methods"][name] = scores
+    if raw is not None and raw not in result["methods"]:
+        raise ValueError(f"raw={raw!r} is not among the methods {sorted(result['methods'])}")
     for name in result["methods"]:
         if raw is None or name == raw:
             continue
@@ -214,14 +215,22 @@ def evaluate_study(
     and "images" {name: {key: image}} when keep_images}.
     """
     scans = evaluation_scans(study, test_subjects, sites)
-    images = {name: harmonize_scans(scans, prof) for name, prof in profiles.items()}
+    kept: dict[str, dict[Key, np.ndarray]] = {}
+
+    def harmonized() -> Iterator[tuple[str, dict[Key, np.ndarray]]]:
+        for name, prof in profiles.items():  # one method's images at a time, unless kept
+            images = harmonize_scans(scans, prof)
+            if keep_images:
+                kept[name] = images
+            yield name, images
+
     raw = next((name for name, prof in profiles.items() if prof is None), None)
-    result = score_images(scans, images, heldout_sites, raw)
+    result = score_images(scans, harmonized(), heldout_sites, raw)
     for name, prof in profiles.items():
         if prof is not None:
             result["methods"][name]["profile_sha256"] = prof.sha256
     if keep_images:
-        result["images"] = images
+        result["images"] = kept
     return result
 
 

@@ -104,7 +104,11 @@ class HarmonizationProfile:
                     f"{shading!r}, target_shading {held}); calibrate the profile with --shading target"
                 )
             if table is not None:
-                TargetShading.from_dict(table)
+                site = TargetShading.from_dict(table).site
+                if self.target_site is not None and site != self.target_site:
+                    raise ValueError(
+                        f"target_shading.site {site!r} is not the profile's target site {self.target_site!r}"
+                    )
 
     @property
     def sha256(self) -> str:

@@ -103,6 +103,10 @@ def test_a_profile_holds_a_target_shading_only_with_output_shading_target():
         HarmonizationProfile("x", "unet", {"output_shading": "target"})
     with pytest.raises(ValueError, match="go together"):
         HarmonizationProfile("x", "unet", {"output_shading": "removed", "target_shading": table})
+    with pytest.raises(ValueError, match="not the profile's target site"):
+        HarmonizationProfile(
+            "x", "unet", {"output_shading": "target", "target_shading": table}, target_site="B"
+        )
     with pytest.raises(ValueError, match="n_images"):
         HarmonizationProfile(
             "x", "unet", {"output_shading": "target", "target_shading": {**table, "n_images": -1}}
