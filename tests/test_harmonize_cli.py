@@ -297,6 +297,38 @@ def test_benchmark_reports_every_method():
         run_benchmark(size=64, methods=("magic",))
 
 
+def test_study_head_shifts_are_registered_back_onto_the_phantom_grid(tmp_path):
+    """With --head-shift each scan puts the head up to that many pixels off the isocentre, and
+    the image is rolled back onto the phantom's grid, where labels and brain mask are: it lines
+    up with the same scan taken at the isocentre better than any 1-pixel roll of it does,
+    while the coils' shading has moved under the anatomy."""
+    from harmonize.study import load_study
+    from unisono.commands.harmonize import head_shift
+
+    def study(shift: int):
+        out = tmp_path / f"h{shift}"
+        assert main(["harmonize", "study", "--subjects", "2", "--sites", "siteA,siteB", "--matrix", "32",
+                     "--isochromats", "1", "--spins", "4", "--head-shift", str(shift),
+                     "-o", str(out)]) == 0  # fmt: skip
+        return load_study(out)
+
+    centred, shifted = study(0), study(2)
+    assert shifted.provenance["head_shift_pixels"] == 2
+    shifts = [head_shift(s.subject, s.site, s.repeat, 2) for s in shifted.scans]
+    assert any(sh != (0, 0) for sh in shifts) and all(max(map(abs, sh)) <= 2 for sh in shifts)
+    for scan, sh in zip(shifted.scans, shifts, strict=True):
+        ref = centred.get(scan.subject, scan.site, scan.repeat)
+        here, *rolled = (
+            float(np.corrcoef(np.roll(scan.image, d, axis=(1, 2))[ref.mask], ref.image[ref.mask])[0, 1])
+            for d in [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
+        )
+        assert all(here > r for r in rolled), (scan.key, sh)
+        if sh != (0, 0):
+            assert here < 0.999  # the shading moved under the head
+    assert head_shift(3, "siteB", 0, 0) == (0, 0)
+    assert head_shift(3, "siteB", 0, 3) == head_shift(3, "siteB", 0, 3) != head_shift(3, "siteB", 1, 3)
+
+
 def test_study_phantom_slices_lie_where_a_gapped_even_stack_excites_them(tmp_path):
     """Two 5 mm slices 3 mm apart: their centres lie half a spacing either side of the
     phantom's middle, and each voxel spans a whole spacing. Placed there, both slices see
@@ -346,9 +378,17 @@ def test_slab_study_phantom_margin_and_parallel_scans_agree(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option", [["--phantom-margin", "-1"], ["--jobs", "0"], ["--noise-scale", "0"], ["--noise-scale", "nan"]]
+    "option",
+    [
+        ["--phantom-margin", "-1"],
+        ["--jobs", "0"],
+        ["--noise-scale", "0"],
+        ["--noise-scale", "nan"],
+        ["--head-shift", "9"],
+        ["--head-shift", "-1"],
+    ],
 )
-def test_study_refuses_a_negative_margin_or_no_jobs(option, tmp_path, capsys):
+def test_study_refuses_bad_options(option, tmp_path, capsys):
     out = tmp_path / "s"
     args = ["harmonize", "study", "--subjects", "2", "--sites", "siteA,siteB", *option, "-o", str(out)]
     assert main(args) == 2

@@ -116,6 +116,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the site files' noise is 10-30x below a head scan's at these voxels, docs/harmonization.md)",
     )
     s.add_argument(
+        "--head-shift",
+        type=int,
+        default=0,
+        metavar="PIXELS",
+        help="place the head off-centre in every scan by a random whole number of pixels in each "
+        "in-plane direction, up to this many (default 0: always at the isocentre); the scans are "
+        "registered back onto the phantom's grid, so the coils' shading moves under the anatomy",
+    )
+    s.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -261,6 +270,35 @@ def scan_seed(subject: int, site: str, repeat: int) -> int:
     return zlib.crc32(f"{subject}/{site}/{repeat}".encode()) & 0x7FFFFFFF
 
 
+def head_shift(subject: int, site: str, repeat: int, max_pixels: int) -> tuple[int, int]:
+    """Where the head lies in one scan: (rows, columns) of the phantom's grid it is moved by,
+    each a whole number in -max_pixels..max_pixels, drawn from (subject, site, repeat) alone
+    (a second scan of a subject, at any site, puts it somewhere else)."""
+    import zlib
+
+    import numpy as np
+
+    if max_pixels == 0:
+        return (0, 0)
+    rng = np.random.default_rng(zlib.crc32(f"head/{subject}/{site}/{repeat}".encode()))
+    rows, cols = rng.integers(-max_pixels, max_pixels + 1, size=2)
+    return int(rows), int(cols)
+
+
+def _register(image, orient, shape: tuple[int, ...], shift: tuple[int, int]):
+    """``image`` (the recon's orientation, ``orient`` of a phantom-grid array of ``shape``)
+    rolled back by the head's ``shift`` (rows, columns of the phantom's grid): a marker voxel
+    and its shifted copy, oriented like the image, give the roll in the image's own axes.
+    The head never reaches the edge, so only background wraps."""
+    import numpy as np
+
+    marker = np.zeros((1, *shape[1:]))
+    marker[0, 0, 0] = 1.0
+    home = np.argwhere(orient(marker)[0])[0]
+    moved = np.argwhere(orient(np.roll(marker, shift, axis=(1, 2)))[0])[0]
+    return np.roll(image, tuple(int(v) for v in home - moved), axis=(1, 2))
+
+
 def _simulated_scan(
     built,
     site_name: str,
@@ -271,8 +309,13 @@ def _simulated_scan(
     seed: int,
     clean_isochromats=None,
     clean_spins=None,
+    shift: tuple[int, int] = (0, 0),
 ):
     """One scan through sequence -> simulator -> recon.
+
+    shift: (rows, columns) of the phantom's grid the head is moved by in the scanner
+    (``head_shift``); the images are registered back onto the phantom's grid, where the labels
+    and the brain mask are.
 
     Returns (image, labels, brain mask, orientation name, clean image or None); with
     ``clean_isochromats`` the same scan (same seed) is repeated with thermal noise off and
@@ -306,8 +349,8 @@ def _simulated_scan(
         atrophy=atrophy,
         slice_gap_m=stack.phantom_gap_m if stack is not None else 0.0,
     )
-    if stack is not None:
-        ph.offset_m = (0.0, 0.0, stack.phantom_offset_m())
+    _, dy, dx = ph.voxel_size_m
+    ph.offset_m = (shift[1] * dx, shift[0] * dy, stack.phantom_offset_m() if stack is not None else 0.0)
     stack = slice(margin, margin + n)
     hdr = with_site(built.header, site)
 
@@ -343,7 +386,11 @@ def _simulated_scan(
     labels = (1 + np.argmax(np.stack([fr["csf"], fr["gm"], fr["wm"]]), axis=0)).astype(np.int8)
     labels[~brain] = 0
     torch_pd = (ph.pd * ph.brain_mask).detach().cpu().numpy()[stack]
-    orient, name = _orient(image, torch_pd)
+    posed = np.roll(torch_pd, shift, axis=(1, 2))  # where the head lay in the scanner
+    orient, name = _orient(image, posed)
+    if shift != (0, 0):
+        image = _register(image, orient, torch_pd.shape, shift)
+        clean = None if clean is None else _register(clean, orient, torch_pd.shape, shift)
     return image, np.ascontiguousarray(orient(labels)), np.ascontiguousarray(orient(brain)), name, clean
 
 
@@ -368,6 +415,7 @@ class _ScanTask:
     repeat: int
     clean_isochromats: int | None
     clean_spins: int
+    shift: tuple[int, int] = (0, 0)
 
 
 #: what a scanning process builds once: the protocol's sequence and the recon chain
@@ -400,6 +448,7 @@ def _scan(task: _ScanTask, args: argparse.Namespace):
         seed=scan_seed(task.subject, task.site, task.repeat),
         clean_isochromats=task.clean_isochromats,
         clean_spins=task.clean_spins,
+        shift=task.shift,
     )
     return (*out, time.perf_counter() - t0)
 
@@ -476,6 +525,11 @@ def cmd_study(args: argparse.Namespace) -> int:
             )
         if not (args.noise_scale > 0 and math.isfinite(args.noise_scale)):
             raise ValueError(f"--noise-scale must be a finite number > 0, got {args.noise_scale}")
+        if not 0 <= args.head_shift <= args.matrix // 8:
+            raise ValueError(
+                f"--head-shift must be in 0..{args.matrix // 8} pixels (matrix/8) for --matrix "
+                f"{args.matrix}, got {args.head_shift}"
+            )
         scans, orientations = [], set()
         clean_isochromats = args.clean_isochromats or args.isochromats
         clean_spins = args.clean_spins or args.spins
@@ -488,8 +542,9 @@ def cmd_study(args: argparse.Namespace) -> int:
                 plan.append((args.clean_site, 0))
             for site, rep in plan:
                 want_clean = rep == 0 and site == args.clean_site and subj in cleans
+                shift = head_shift(subj, site, rep, args.head_shift)
                 tasks.append(
-                    _ScanTask(subj, site, rep, clean_isochromats if want_clean else None, clean_spins)
+                    _ScanTask(subj, site, rep, clean_isochromats if want_clean else None, clean_spins, shift)
                 )
         for task, (image, labels, brain, orient, clean, seconds) in zip(
             tasks, _run_scans(tasks, args, overrides, built), strict=True
@@ -513,6 +568,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                 "spins_per_isochromat": args.spins,
                 "phantom_margin_slices": args.phantom_margin,
                 "thermal_noise_scale": args.noise_scale,
+                "head_shift_pixels": args.head_shift,
+                "head_shifts": "head_shift(subject, site, repeat, head_shift_pixels); images registered back",
                 "chain": "cartesian (harmonize disabled)",
                 "label_orientation": sorted(orientations),
                 "atrophy": "explicit per subject, a golden-ratio sequence in 0..0.3 (see subject_atrophy)",
