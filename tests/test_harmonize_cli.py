@@ -386,6 +386,7 @@ def test_slab_study_phantom_margin_and_parallel_scans_agree(tmp_path):
         ["--noise-scale", "nan"],
         ["--head-shift", "9"],
         ["--head-shift", "-1"],
+        ["--synthetic", "--head-shift", "2"],
     ],
 )
 def test_study_refuses_bad_options(option, tmp_path, capsys):

@@ -505,6 +505,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     rescans = int_list(args.rescan_subjects)
     cleans = int_list(args.clean_subjects) if args.clean_site else []
     t0 = time.perf_counter()
+    if args.synthetic and args.head_shift:
+        raise ValueError("--head-shift moves the head in the simulator; the --synthetic sites have none")
     if args.synthetic:
         study = synthetic_study(
             range(args.subjects), sites, (1, args.matrix, args.matrix), args.rescan_site, rescans
