@@ -344,16 +344,28 @@ def with_site_contrast(
             f"shading={shading!r}: the profile's curves were calibrated on its output with the "
             f"shading {own_shading}; calibrate the profile without its curves to change it"
         )
-    by_site, unharmonized = {}, {}
-    used = []
+    scans_by_site, used = {}, []
     for site in names:
         scans = study.select(subjects, [site], repeat=0)
         if not scans:
             raise ValueError(f"no scans of the calibration subjects at site {site!r}")
         used += scans
-        by_site[site] = ([apply_learned(base, s.image, s.mask) for s in scans], [s.mask for s in scans])
-        unharmonized[site] = ([s.image for s in scans], by_site[site][1])
+        scans_by_site[site] = scans
+    unharmonized = {site: ([s.image for s in sc], [s.mask for s in sc]) for site, sc in scans_by_site.items()}
     target = profile.target_site or study.sites[0]
+    held_noise = profile.parameters.get("site_noise")
+    noise = SiteNoise.from_dict(held_noise) if held_noise else None
+    if noise_sd is not None:
+        # a new table goes before the curves, unless curves calibrated without it are kept
+        fresh = {} if held is None else {"placement": "after_curves"}
+        noise = calibrate_site_noise(unharmonized, target, noise_sd, held=noise, **fresh)
+    if noise is not None and noise.placement == "before_curves":
+        # the curves are calibrated on the output the noise step has filtered
+        base = replace(base, parameters={**base.parameters, "site_noise": noise.to_dict()})
+    by_site = {
+        site: ([apply_learned(base, s.image, s.mask, site) for s in sc], [s.mask for s in sc])
+        for site, sc in scans_by_site.items()
+    }
     if held is not None:
         contrast = held
         for site, (ims, mks) in by_site.items():
@@ -368,15 +380,13 @@ def with_site_contrast(
         params["target_shading"] = (
             held_shading or calibrate_target_shading(*unharmonized[target], target).to_dict()
         )
-    held_noise = profile.parameters.get("site_noise")
-    noise = SiteNoise.from_dict(held_noise) if held_noise else None
-    if noise_sd is not None:
-        noise = calibrate_site_noise(unharmonized, target, noise_sd, held=noise)
     if noise is not None:
         params["site_noise"] = noise.to_dict()
+    shading = output_shading(params)
+    shading_note = _SHADING_NOTES.get(shading, "") if shading != own_shading else ""
     return _derived(
         profile, out, name, params, {"site_contrast_from": _provenance(study, used)},
-        _SHADING_NOTES.get(output_shading(params), "") if output_shading(params) != own_shading else ""
+        shading_note
         + f"; then one contrast curve per site ({', '.join(sorted(contrast.sites))}) onto {target}"
         + (f"; noisier sites' noise brought down to {target}'s" if noise and not held_noise else ""),
     )  # fmt: skip

@@ -296,8 +296,9 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
     parameters["site_contrast"] (harmonize.site_contrast) then maps the output through the
     curve of ``site`` (the scanner the image comes from; unknown sites pass unchanged) and
     re-applies the anchor, so that the level stays pinned whatever the curve. One with
-    parameters["site_noise"] (harmonize.site_noise) then brings the noise of a site noisier
-    than the target down to the target's.
+    parameters["site_noise"] (harmonize.site_noise) brings the noise of a site noisier than
+    the target down to the target's: before the curves (placement "before_curves", what
+    ``calibrate`` writes) or after them (tables older than the field).
     """
     out = predict(_model_for(profile), image, mask)
     scale = profile.parameters.get("output_scale")
@@ -305,6 +306,15 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
         out = scale_output(out, mask, scale)
     if output_shading(profile.parameters) in ("removed", "target"):
         out = remove_shading(out, mask)
+    noise = profile.parameters.get("site_noise")
+    if noise:
+        from harmonize.site_noise import SiteNoise, apply_site_noise
+
+        noise_table = SiteNoise.from_dict(noise)
+        # the anchor pins the parenchyma level (a flattened output keeps it): no need to measure it
+        level = float(scale["value"]) if scale and scale.get("statistic") == "parenchyma" else None
+        if noise_table.placement == "before_curves":
+            out = apply_site_noise(out, mask, noise_table, site, level)
     contrast = profile.parameters.get("site_contrast")
     if contrast:
         from harmonize.site_contrast import SiteContrast, apply_site_contrast
@@ -312,13 +322,8 @@ def apply_learned(profile: Any, image: np.ndarray, mask: np.ndarray, site: str |
         out = apply_site_contrast(out, mask, SiteContrast.from_dict(contrast), site)
         if scale:
             out = scale_output(out, mask, scale)
-    noise = profile.parameters.get("site_noise")
-    if noise:
-        from harmonize.site_noise import SiteNoise, apply_site_noise
-
-        # the anchor has just pinned the parenchyma level: no need to measure it again
-        level = float(scale["value"]) if scale and scale.get("statistic") == "parenchyma" else None
-        out = apply_site_noise(out, mask, SiteNoise.from_dict(noise), site, level)
+    if noise and noise_table.placement == "after_curves":
+        out = apply_site_noise(out, mask, noise_table, site, level)
     shading = profile.parameters.get("target_shading")
     if shading and output_shading(profile.parameters) == "target":
         from harmonize.target_shading import TargetShading, apply_target_shading

@@ -16,6 +16,15 @@ w = 1 − ν_target / ν_site: the blend keeps a fraction (1 − w) of the noise
 down to the target's for a perfect estimate. The NLM filter parameter is
 ``strength × ν_site × parenchyma level`` of the image it acts on. Sites at or below the
 target's level pass unchanged, as does a site the table does not know.
+
+Where the step sits (``placement``): "before_curves", the default since the twelfth session,
+filters the output as the anchor leaves it, where its noise is exactly the scanner's
+relative noise, and the site curves are then calibrated on the filtered output, so they map
+the distribution the filtered images have. "after_curves" filters the curves' output, as
+tables written before the field existed do (``from_dict`` reads them so): their curves were
+calibrated without the step, and each filtered site's upper quantiles then come out below
+the target's, which moves a read-out of the parenchyma level (docs/harmonization.md,
+*Heads that move*).
 """
 
 from __future__ import annotations
@@ -30,6 +39,10 @@ from scipy import ndimage
 from harmonize._arrays import as_magnitude, check_mask
 from harmonize.volumes import parenchyma_level
 
+#: where a profile applies the noise step: on the anchored output the curves are calibrated
+#: on, or on the curves' output (tables without the field)
+PLACEMENTS = ("before_curves", "after_curves")
+
 #: magnitude noise sd of a root-sum-of-squares image of prewhitened channels (unit complex
 #: variance, 1/2 per real component), the recon's units (gadgets.prewhiten, gadgets.combine)
 PREWHITENED_RSS_NOISE_SD = float(np.sqrt(0.5))
@@ -42,7 +55,8 @@ class SiteNoise:
     levels: site name -> ν (noise sd / parenchyma level, the median over its calibration
     scans); n_images: site name -> how many scans calibrated it; strength: NLM filter
     parameter in units of the image's noise sd; patch_radius, search_radius: NLM patch
-    (2r+1)² and search window (2r+1)², pixels, in-plane.
+    (2r+1)² and search window (2r+1)², pixels, in-plane; placement: one of PLACEMENTS (see the
+    module docstring).
     """
 
     target_site: str
@@ -51,8 +65,11 @@ class SiteNoise:
     strength: float = 1.0
     patch_radius: int = 1
     search_radius: int = 3
+    placement: str = "before_curves"
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"site_noise placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.target_site not in self.levels:
             raise ValueError(
                 f"site_noise needs its target site {self.target_site!r} among its sites {sorted(self.levels)}"
@@ -83,6 +100,7 @@ class SiteNoise:
             "strength": self.strength,
             "patch_radius": self.patch_radius,
             "search_radius": self.search_radius,
+            "placement": self.placement,
         }
 
     @classmethod
@@ -95,11 +113,12 @@ class SiteNoise:
                 float(d.get("strength", 1.0)),
                 int(d.get("patch_radius", 1)),
                 int(d.get("search_radius", 3)),
+                str(d.get("placement", "after_curves")),  # tables older than the field
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(
                 "site_noise must be {target_site, levels: {site: level > 0}, n_images (optional), "
-                "strength, patch_radius, search_radius (optional)}"
+                "strength, patch_radius, search_radius, placement (optional)}"
             ) from exc
         return cls(*fields)  # its own checks name the field that is wrong
 

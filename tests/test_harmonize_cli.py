@@ -141,8 +141,9 @@ TARGET_SHADING = {
 
 def _derived_profile(folder, name: str) -> str:
     """The shipped unet-gain-sites with a noise table in which siteB is the noisier site, and a
-    bias-corrected output ("noise-step") or the target's shading on it ("target-shading"):
-    parameters the gadget must pass through as `apply` does."""
+    bias-corrected output ("noise-step", a table older than its placement: after the curves) or
+    the target's shading on it ("target-shading"): parameters the gadget must pass through as
+    `apply` does."""
     import shutil
 
     from harmonize.profile import save_profile
@@ -151,8 +152,9 @@ def _derived_profile(folder, name: str) -> str:
     shutil.copy(shipped.weights_path(), folder / shipped.weights_file)
     noise = {"target_site": "siteA", "levels": {"siteA": 0.0129, "siteB": 0.0297}}
     params = {**shipped.parameters, "site_noise": noise, "output_shading": "removed"}
-    if name == "target-shading":
-        params = {**params, "output_shading": "target", "target_shading": TARGET_SHADING}
+    if name == "target-shading":  # with the noise step before the curves, as calibrate writes it
+        noise = {**noise, "placement": "before_curves"}
+        params = {**params, "site_noise": noise, "output_shading": "target", "target_shading": TARGET_SHADING}
     prof = replace(shipped, name=name, parameters=params, source_dir=None)
     return str(save_profile(prof, folder / f"{name}.json"))
 

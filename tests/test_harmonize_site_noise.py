@@ -9,8 +9,9 @@ import pytest
 
 from harmonize import apply_profile, load_profile
 from harmonize.fit import fit_profile, with_site_contrast
-from harmonize.learned import TrainingConfig
+from harmonize.learned import TrainingConfig, scale_output
 from harmonize.profile import HarmonizationProfile
+from harmonize.site_contrast import SiteContrast, apply_site_contrast
 from harmonize.site_noise import (
     PREWHITENED_RSS_NOISE_SD,
     SiteNoise,
@@ -104,6 +105,7 @@ def test_a_noisier_sites_output_comes_down_to_the_targets_noise():
         ({"target_site": "A", "levels": {"A": 0.1}, "strength": -1}, "strength must be"),
         ({"target_site": "A", "levels": {"A": 0.1}, "search_radius": 0}, "search_radius"),
         ({"target_site": "A"}, "site_noise must be"),
+        ({"target_site": "A", "levels": {"A": 0.1}, "placement": "last"}, "placement must be one of"),
     ],
 )
 def test_bad_noise_tables_are_refused_at_load(bad, message):
@@ -130,13 +132,35 @@ def test_calibrate_adds_a_noise_table_to_a_profile(tmp_path):
     assert grown.levels["A"] == table.levels["A"] and grown.n_images["C"] == 2
     kept = with_site_contrast(ab, study, tmp_path / "g-ab2.json", sites=["B"])
     assert kept.parameters["site_noise"] == ab.parameters["site_noise"]
-    # the noise step comes after the curves: the curves are the same with or without it
+    # the noise step comes before the curves, which are calibrated on what it leaves (a noise sd
+    # this large makes the filter act on these nearly noise-free images)
+    ab = with_site_contrast(
+        prof, study, tmp_path / "g-ab30.json", sites=["A", "B"], subjects=[0, 1], noise_sd=30.0
+    )
+    table = SiteNoise.from_dict(ab.parameters["site_noise"])
+    assert table.placement == "before_curves" and table.weight("B") > 0
     plain = with_site_contrast(prof, study, tmp_path / "g-plain.json", sites=["A", "B"], subjects=[0, 1])
-    assert plain.parameters["site_contrast"] == ab.parameters["site_contrast"]
+    assert plain.parameters["site_contrast"]["sites"]["B"] != ab.parameters["site_contrast"]["sites"]["B"]
     scan = study.get(3, "B")
-    without = apply_profile(plain, scan.image, scan.mask, site="B")
-    expected = apply_site_noise(without, scan.mask, table, "B")
+    scale = prof.parameters["output_scale"]
+    stepped = apply_site_noise(
+        apply_profile(prof, scan.image, scan.mask), scan.mask, table, "B", scale["value"]
+    )
+    curves = SiteContrast.from_dict(ab.parameters["site_contrast"])
+    expected = scale_output(apply_site_contrast(stepped, scan.mask, curves, "B"), scan.mask, scale)
     np.testing.assert_allclose(apply_profile(ab, scan.image, scan.mask, site="B"), expected, rtol=1e-6)
+    # a table added under curves calibrated without it goes after them, and older tables too
+    late = with_site_contrast(
+        plain, study, tmp_path / "g-late.json", sites=["A", "B"], subjects=[0, 1], noise_sd=30.0
+    )
+    assert late.parameters["site_noise"]["placement"] == "after_curves"
+    assert late.parameters["site_contrast"]["sites"]["A"] == plain.parameters["site_contrast"]["sites"]["A"]
+    late_table = SiteNoise.from_dict(late.parameters["site_noise"])
+    expected = apply_site_noise(
+        apply_profile(plain, scan.image, scan.mask, site="B"), scan.mask, late_table, "B"
+    )
+    np.testing.assert_allclose(apply_profile(late, scan.image, scan.mask, site="B"), expected, rtol=1e-6)
+    assert SiteNoise.from_dict({"target_site": "A", "levels": {"A": 0.1}}).placement == "after_curves"
     study_dir = tmp_path / "study"
     assert main(["harmonize", "study", "--synthetic", "--subjects", "2", "--sites", "A,B", "--matrix", "32",
                  "-o", str(study_dir)]) == 0  # fmt: skip
