@@ -24,7 +24,7 @@ the distribution the filtered images have. "after_curves" filters the curves' ou
 tables written before the field existed do (``from_dict`` reads them so): their curves were
 calibrated without the step, and each filtered site's upper quantiles then come out below
 the target's, which moves a read-out of the parenchyma level (docs/harmonization.md,
-*Heads that move*).
+*The noise step before the curves*).
 """
 
 from __future__ import annotations
