@@ -98,6 +98,46 @@ def test_evaluate_json_scores_every_method(study_dir, capsys):
     assert res["methods"]["nyul"]["atrophy_r_per_image_minus_raw_ci95"] is None  # offset scale: no read-out
 
 
+def test_any_harmonizers_images_are_scored_like_a_profiles(study_dir, capsys):
+    """evaluate.score_images scores images made outside a profile exactly as evaluate_study
+    scores a profile's; the network-free scanner-field benchmark prints such scores."""
+    import importlib.util
+    from pathlib import Path
+
+    from harmonize.evaluate import evaluate_study, evaluation_scans, harmonize_scans, score_images
+    from harmonize.study import load_study
+
+    study = load_study(study_dir)
+    nyul = load_profile("nyul-siteA")
+    scans = evaluation_scans(study, [3, 4, 5])
+    by_hand = score_images(
+        scans, {"raw": harmonize_scans(scans, None), "n": harmonize_scans(scans, nyul)}, ["C"], "raw"
+    )
+    via_profiles = evaluate_study(study, {"raw": None, "n": nyul}, [3, 4, 5], heldout_sites=["C"])
+    assert by_hand["methods"]["raw"] == via_profiles["methods"]["raw"]
+    assert by_hand["methods"]["n"] == {
+        k: v for k, v in via_profiles["methods"]["n"].items() if k != "profile_sha256"
+    }
+    lo, hi = by_hand["methods"]["n"]["site_accuracy_ci95"]
+    assert lo <= by_hand["methods"]["n"]["site_accuracy"] <= hi
+    with pytest.raises(ValueError, match="no image for scans"):
+        score_images(scans, {"x": {}})
+    with pytest.raises(ValueError, match="raw='q'"):
+        score_images(scans, {"raw": harmonize_scans(scans, None)}, raw="q")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "harmonize_fixed_shading.py"
+    spec = importlib.util.spec_from_file_location("harmonize_fixed_shading", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    capsys.readouterr()
+    res = bench.main([str(study_dir), "--target-site", "A", "--calibration-subjects", "0-2",
+                      "--test-subjects", "3-5", "--heldout-sites", "C"])  # fmt: skip
+    assert set(res["methods"]) == {"raw", "scanner-field", "scanner-field+noise"}
+    assert (
+        json.loads(capsys.readouterr().out)["methods"]["scanner-field"]["ssim"]
+        > res["methods"]["raw"]["ssim"]
+    )
+
+
 def test_fit_and_evaluate_the_smooth_field_variants(study_dir, tmp_path, capsys):
     prof_path = tmp_path / "g.json"
     assert main(["harmonize", "fit", "--method", "unet-gain", "--train", str(study_dir), "--target-site", "A",
