@@ -31,6 +31,7 @@ from collections.abc import Callable
 import numpy as np
 
 from harmonize.evaluate import Key, evaluation_scans, harmonize_scans, score_images
+from harmonize.learned import scale_output
 from harmonize.profile import load_profile
 from harmonize.site_contrast import apply_site_contrast, calibrate_sites
 from harmonize.site_noise import PREWHITENED_RSS_NOISE_SD, apply_site_noise, calibrate_site_noise
@@ -50,26 +51,23 @@ def site_log_fields(study: Study, subjects: list[int], shape: tuple[int, ...]) -
     return fields
 
 
-def pin_level(image: np.ndarray, mask: np.ndarray, level: float) -> np.ndarray:
-    return (image * (level / parenchyma_level(image, mask))).astype(np.float32)
-
-
 def scanner_field(
     study: Study, subjects: list[int], target: str, noise: bool
 ) -> Callable[[StudyScan], np.ndarray]:
     """The ``scanner-field`` harmonizer calibrated on ``subjects``' scans at every site."""
     shape = study.scans[0].image.shape
     fields = site_log_fields(study, subjects, shape if len(shape) == 3 else (1, *shape))
-
-    def reshade(scan: StudyScan, level: float) -> np.ndarray:
-        ratio = np.exp(fields[target] - fields[scan.site]).reshape(scan.image.shape)
-        out = np.where(scan.mask, scan.image * ratio, 0)
-        return pin_level(out.astype(np.float32), scan.mask, level)
-
     cal = {site: study.select(subjects, [site], repeat=0) for site in study.sites}
     level = float(np.mean([parenchyma_level(s.image, s.mask) for s in cal[target]]))
+    pin = {"statistic": "parenchyma", "value": level}  # a smooth-field profile's output anchor
+
+    def reshade(scan: StudyScan) -> np.ndarray:
+        ratio = np.exp(fields[target] - fields[scan.site]).reshape(scan.image.shape)
+        out = np.where(scan.mask, scan.image * ratio, 0)
+        return scale_output(out.astype(np.float32), scan.mask, pin)
+
     curves = calibrate_sites(
-        {site: ([reshade(s, level) for s in scans], [s.mask for s in scans]) for site, scans in cal.items()},
+        {site: ([reshade(s) for s in scans], [s.mask for s in scans]) for site, scans in cal.items()},
         target,
         domain="flattened",
     )
@@ -80,8 +78,8 @@ def scanner_field(
     )
 
     def run(scan: StudyScan) -> np.ndarray:
-        curved = apply_site_contrast(reshade(scan, level), scan.mask, curves, scan.site)
-        out = pin_level(curved, scan.mask, level)
+        curved = apply_site_contrast(reshade(scan), scan.mask, curves, scan.site)
+        out = scale_output(curved, scan.mask, pin)
         return apply_site_noise(out, scan.mask, noise_table, scan.site, level) if noise else out
 
     return run

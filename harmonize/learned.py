@@ -274,8 +274,6 @@ def remove_shading(out: np.ndarray, mask: np.ndarray) -> np.ndarray:
     in ``mask``) divided out, 0 outside ``mask``, float32. The field is scale-free, so the
     output anchor's level is kept."""
     m = check_mask(mask, out.shape)
-    if not m.any():
-        return out
     flat = np.zeros(out.shape, dtype=np.float32)
     flat[m] = field_corrected_values(out, m)
     return flat

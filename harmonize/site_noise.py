@@ -149,7 +149,7 @@ def calibrate_site_noise(
     units whose thermal noise sd is ``noise_sd`` (PREWHITENED_RSS_NOISE_SD for the recon's images);
     any subjects, no pairing. With ``held`` (a table already calibrated) the named sites are
     added or recalibrated and its target and filter kept; otherwise the target must be among
-    them. filter_options: SiteNoise's strength / patch_radius / search_radius."""
+    them. filter_options: SiteNoise's strength / patch_radius / search_radius / placement."""
     levels, counts = {}, {}
     for name, (images, masks) in scans_by_site.items():
         if not images or len(images) != len(masks):
@@ -212,7 +212,7 @@ def apply_site_noise(
     x = as_magnitude(image)
     m = check_mask(mask, x.shape)
     w = table.weight(site)
-    if w == 0 or not m.any():
+    if w == 0:
         return np.where(m, x, 0).astype(np.float32)
     sd = table.levels[site] * (parenchyma_level(x, m) if level is None else level)
     if not sd > 0:  # no positive tissue level (a blank image): no noise scale to filter with

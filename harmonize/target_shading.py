@@ -33,6 +33,8 @@ from harmonize.volumes import LOG_FIELD_TERMS, log_field_coefficients, poly_basi
 
 #: the terms of the stored field: log_field's, without its constant (the scale is set per image)
 FIELD_TERMS = LOG_FIELD_TERMS[1:]
+#: the terms every stored field has; "z" only comes from stacks of three slices or more
+IN_PLANE_TERMS = FIELD_TERMS[:5]
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class TargetShading:
             raise ValueError(
                 f"target_shading.coefficients: unknown terms {sorted(unknown)} (allowed: {FIELD_TERMS})"
             )
-        missing = [t for t in FIELD_TERMS[:5] if t not in self.coefficients]
+        missing = [t for t in IN_PLANE_TERMS if t not in self.coefficients]
         if missing:
             raise ValueError(f"target_shading.coefficients: missing in-plane terms {missing}")
         for term, value in self.coefficients.items():

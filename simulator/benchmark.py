@@ -36,7 +36,7 @@ def run_benchmark(
 
     import sequences
     from simulator import brain_phantom, load_site, simulate
-    from simulator.phantom_spec import slice_stack
+    from simulator.phantom_spec import stack_placement
     from simulator.scanner import resolve_device
 
     if threads is not None:
@@ -47,17 +47,16 @@ def run_benchmark(
     site_obj = load_site(site)
     built = sequences.build_protocol(protocol, overrides={"matrix": int(matrix), **overrides})
     params = built.params
-    stack = slice_stack(built.seq)
+    gap, z_offset = stack_placement(built.seq)
     phantom = brain_phantom(
         field_T=site_obj.field_T,
         fov_m=float(params.get("fov", 0.22)),
         matrix=int(matrix),
         slice_thickness_m=float(params.get("slice_thickness", 0.005)),
         n_slices=int(params.get("n_slices", 1)),
-        slice_gap_m=stack.phantom_gap_m if stack is not None else 0.0,
+        slice_gap_m=gap,
     )
-    if stack is not None:
-        phantom.offset_m = (0.0, 0.0, stack.phantom_offset_m())
+    phantom.offset_m = (0.0, 0.0, z_offset)
     walls = []
     cpus = []
     stats: dict = {}

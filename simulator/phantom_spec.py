@@ -89,6 +89,14 @@ class SliceStack:
         return self.positions_m[0] + (self.n_slices // 2) * self.spacing_m
 
 
+def stack_placement(seq: Any) -> tuple[float, float]:
+    """(gap between a phantom's slices, z of its ``Phantom.offset_m``), both in m, that put
+    the slices of a phantom centred on its slice N // 2, with any margin, on the slices ``seq``
+    excites (``slice_stack``); (0, 0) for a sequence without ``SlicePositions``."""
+    stack = slice_stack(seq)
+    return (0.0, 0.0) if stack is None else (stack.phantom_gap_m, stack.phantom_offset_m())
+
+
 def slice_stack(seq: Any) -> SliceStack | None:
     """The slices a Pulseq sequence excites, from its ``SlicePositions`` definition (None
     without one). Raises ValueError when the slices are not equally spaced: one phantom grid

@@ -238,20 +238,20 @@ def make_phantom(kind: str, built, site, subject: int, extra_slices: int = 0):
     extra_slices: phantom slices added on each side of the protocol's slices, so that tissue
     moving through the slice plane (a nod) is replaced by tissue, not by nothing.
     """
-    from simulator.phantom_spec import phantom_from_spec, slice_stack
+    from simulator.phantom_spec import phantom_from_spec, stack_placement
 
     matrix = int(built.params.get("matrix", 128))
-    stack = slice_stack(built.seq)
+    gap, z_offset = stack_placement(built.seq)
     geometry = dict(
         fov_m=float(built.params["fov"]),
         matrix=matrix,
         slice_thickness_m=float(built.params.get("slice_thickness", 0.005)),
         n_slices=int(built.params.get("n_slices", 1)) + 2 * extra_slices,
-        slice_gap_m=stack.phantom_gap_m if stack is not None else 0.0,
+        slice_gap_m=gap,
     )
     phantom = phantom_from_spec(kind, field_T=site.field_T, subject=subject, **geometry)
-    if stack is not None and not kind.endswith((".h5", ".hdf5")):
-        phantom.offset_m = (0.0, 0.0, stack.phantom_offset_m())
+    if not kind.endswith((".h5", ".hdf5")):  # a user's phantom keeps its own geometry
+        phantom.offset_m = (0.0, 0.0, z_offset)
     return phantom
 
 

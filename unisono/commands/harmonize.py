@@ -330,13 +330,13 @@ def _simulated_scan(
 
     from gadgets import run_chain
     from simulator import brain_phantom, load_site, simulate, with_site
-    from simulator.phantom_spec import slice_stack
+    from simulator.phantom_spec import stack_placement
 
     site = load_site(site_name)
     site = dataclasses.replace(site, noise_sigma=site.noise_sigma * args.noise_scale)
     prm = built.params
     n, margin = int(prm["n_slices"]), args.phantom_margin
-    stack = slice_stack(built.seq)
+    gap, z_offset = stack_placement(built.seq)
     # the margin slices are excited only by the stack's slice-profile tails; the study keeps
     # the stack's own slices, each of which lies where the sequence excites it
     ph = brain_phantom(
@@ -347,11 +347,11 @@ def _simulated_scan(
         n_slices=n + 2 * margin,
         subject=subject,
         atrophy=atrophy,
-        slice_gap_m=stack.phantom_gap_m if stack is not None else 0.0,
+        slice_gap_m=gap,
     )
     _, dy, dx = ph.voxel_size_m
-    ph.offset_m = (shift[1] * dx, shift[0] * dy, stack.phantom_offset_m() if stack is not None else 0.0)
-    stack = slice(margin, margin + n)
+    ph.offset_m = (shift[1] * dx, shift[0] * dy, z_offset)
+    stack = slice(margin, margin + n)  # the phantom slices the sequence images
     hdr = with_site(built.header, site)
 
     def run(site_obj, isochromats: int, spins: int, noise_readouts=None):
