@@ -50,7 +50,9 @@ OUTPUT_SHADINGS = ("kept", "removed", "target")
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Optimisation settings. iterations: Adam steps; batch_size: slices per step;
+    """Optimisation settings. iterations: Adam steps (0: the untrained network, which its
+    zero-initialised head makes the identity map -- the baseline that says what training adds);
+    batch_size: slices per step;
     lr: initial learning rate (cosine decay to 5 %); augment: site augmentation on/off;
     gamma_range, bias_amplitude, noise_sigma: augmentation strengths (dimensionless, noise
     relative to the p99 unit); seed: torch/numpy seed; threads: torch CPU threads."""
@@ -69,8 +71,8 @@ class TrainingConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"iterations, batch_size and lr must be positive, got {asdict(self)}")
+        if self.iterations < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"iterations must be >= 0, batch_size and lr positive, got {asdict(self)}")
         if not 0 < self.gamma_range[0] <= self.gamma_range[1]:
             raise ValueError(f"gamma_range must be 0 < low <= high, got {self.gamma_range}")
 
@@ -155,7 +157,9 @@ def train_unet(
         MW = torch.from_numpy(ms & mt).float()  # loss only where both images have tissue
         model = UNet2D(config.unet)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iterations, eta_min=0.05 * config.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, max(config.iterations, 1), eta_min=0.05 * config.lr  # 0 iterations: never stepped
+        )
         losses: list[float] = []
         t0 = time.perf_counter()
         model.train()
@@ -183,7 +187,7 @@ def train_unet(
         model.eval()
         history = {
             "loss": losses[:: max(1, len(losses) // 200)],
-            "final_loss": float(np.mean(losses[-50:])),
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
             "train_seconds": time.perf_counter() - t0,
             "n_slices": int(X.shape[0]),
             "slice_shape": list(X.shape[1:]),

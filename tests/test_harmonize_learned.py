@@ -266,6 +266,23 @@ def test_gain_profile_is_self_describing_and_round_trips(tmp_path):
     assert np.all(out[~m] == 0)
 
 
+def test_zero_iterations_fit_the_untrained_identity_network(tmp_path):
+    """--iterations 0: the ablation baseline. The profile is written as for a trained network
+    (same anchor), but its network is the identity, so the output is the input times one gain."""
+    study = synthetic_study(range(3), ("A", "B"), (1, 48, 48))
+    cfg = TrainingConfig(iterations=0, unet=UNetConfig(base_channels=4, depth=2))
+    prof = fit_profile("unet-gain", study, tmp_path / "id.json", target_site="A", training=cfg)
+    assert prof.provenance["training"]["iterations"] == 0 and prof.provenance["final_loss"] is None
+    scan = study.get(1, "B")
+    out = apply_profile(load_profile(tmp_path / "id.json"), scan.image, scan.mask)
+    ratio = out[scan.mask] / scan.image[scan.mask]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+    level = prof.parameters["output_scale"]["value"]
+    assert parenchyma_level(out, scan.mask) == pytest.approx(level, rel=1e-5)
+    with pytest.raises(ValueError, match="iterations must be >= 0"):
+        TrainingConfig(iterations=-1)
+
+
 def _shaded_head(csf_radius: float, shift: float = 0.0):
     """Closed-form (1, 64, 64) head: parenchyma 1, a central CSF disk 0.4, under exp(quadratic) shading."""
     y, x = np.mgrid[-1:1:64j, -1:1:64j]

@@ -151,7 +151,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--train-subjects", help="subjects to fit on, e.g. 1-6 (default all)")
     f.add_argument("--train-sites", help="sites the U-Net sees as sources (default all)")
     f.add_argument("--name", help="profile name (default: file stem)")
-    f.add_argument("--iterations", type=int, default=None, help="U-Net training iterations")
+    f.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="U-Net training iterations (0: the untrained identity network, a baseline)",
+    )
     f.add_argument(
         "--output-cdf",
         action="store_true",
