@@ -158,7 +158,9 @@ def train_unet(
         model = UNet2D(config.unet)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, max(config.iterations, 1), eta_min=0.05 * config.lr  # 0 iterations: never stepped
+            opt,
+            max(config.iterations, 1),
+            eta_min=0.05 * config.lr,  # 0 iterations: never stepped
         )
         losses: list[float] = []
         t0 = time.perf_counter()

@@ -163,20 +163,51 @@ def poly_basis(shape: tuple[int, ...]) -> np.ndarray:
     return np.stack(terms)
 
 
+#: a refinement whose parenchyma selection falls below this share of the first one is diverging
+DIVERGING_SELECTION = 0.5
+
+
 def _fit_log_field(vol: np.ndarray, mv: np.ndarray, iterations: int) -> np.ndarray:
     """Coefficients (over ``poly_basis(vol.shape)``) of log I fitted over the parenchyma voxels
     of ``vol`` (z, y, x) in ``mv`` (above the Otsu threshold of the field-corrected image,
-    refined ``iterations`` times); all 0 when too few voxels qualify."""
+    refined ``iterations`` times); all 0 when too few voxels qualify.
+
+    Under steep shading the first Otsu selection can be the bright region near the coils
+    rather than the parenchyma (15 % of one head moved towards siteC's coils); a quadratic
+    fitted there extrapolates, each selection is smaller than the last, and the field ran to
+    e^22 across the head (its flattened image all but zero); or it swung between the bump and
+    the few voxels the wild fit left, and ended with no field removed at all. When a selection
+    falls below DIVERGING_SELECTION of the first (or the first is too small to fit), the
+    refinements start again from a fit over the whole mask, which takes most of the shading
+    out at once. Every other fit is unchanged."""
     basis = poly_basis(vol.shape)
     logi = np.log(np.maximum(vol, 1e-3 * max(float(np.quantile(vol[mv], 0.99)), 1e-30)))
-    coef = np.zeros(basis.shape[0])
+    coef, first = _refine_log_field(vol, mv, logi, basis, np.zeros(basis.shape[0]), iterations)
+    if first is None and mv.sum() >= basis.shape[0] * 4:
+        start, *_ = np.linalg.lstsq(basis[:, mv].T, logi[mv], rcond=None)
+        coef, _ = _refine_log_field(vol, mv, logi, basis, start, iterations)
+    return coef
+
+
+def _refine_log_field(
+    vol: np.ndarray, mv: np.ndarray, logi: np.ndarray, basis: np.ndarray, coef: np.ndarray, iterations: int
+) -> tuple[np.ndarray, int | None]:
+    """Otsu-select and refit ``iterations`` times from ``coef``: (coefficients, size of the first
+    selection; None when it was too small to fit or a later one fell below
+    DIVERGING_SELECTION of it)."""
+    first = None
     for _ in range(iterations):
         corrected = vol / np.exp(np.tensordot(coef, basis, axes=1))
         sel = mv & (corrected > otsu_threshold(corrected[mv]))
-        if sel.sum() < basis.shape[0] * 4:
+        n = int(sel.sum())
+        too_few = n < basis.shape[0] * 4
+        if first is None and too_few or first is not None and n < DIVERGING_SELECTION * first:
+            return coef, None
+        first = n if first is None else first
+        if too_few:
             break
         coef, *_ = np.linalg.lstsq(basis[:, sel].T, logi[sel], rcond=None)
-    return coef
+    return coef, first
 
 
 def log_field_coefficients(image: object, mask: object, iterations: int = 4) -> np.ndarray:

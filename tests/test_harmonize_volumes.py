@@ -95,6 +95,27 @@ def test_field_estimates_divide_out_a_known_field():
     np.testing.assert_allclose(b[mask], 3.0 * a[mask] - 500.0, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(("amplitude", "width"), [(6.0, 0.05), (20.0, 0.05), (6.0, 0.1), (10.0, 0.2)])
+def test_field_fit_holds_under_one_coil_near_field(amplitude, width):
+    """A head beside one coil: a steep bump of shading at its edge. From no correction, Otsu
+    picks the bump alone; fitted there, the field ran to e^26..e^45 across the head (0.05) or
+    swung back and forth and ended with none removed. The fit must follow the real span
+    instead and make the parenchyma flatter."""
+    y, x = np.mgrid[-1:1:64j, -1:1:64j]
+    r = np.hypot(x, y)
+    mask = (r < 0.8)[None]
+    shading = (1 + amplitude * np.exp(-(x**2 + (y - 0.8) ** 2) / width))[None]
+    parenchyma = mask & (r >= 0.3)[None]
+    img = np.where(r < 0.3, 0.3, 1.0)[None] * shading * mask
+    true_span = np.ptp(np.log(shading[mask]))
+    est = log_field(img, mask)
+    assert 0.5 * true_span < np.ptp(np.log(est[mask])) < 1.5 * true_span
+    flat = img / est
+    spread = np.log(np.percentile(flat[parenchyma], 95) / np.percentile(flat[parenchyma], 5))
+    raw_spread = np.log(np.percentile(img[parenchyma], 95) / np.percentile(img[parenchyma], 5))
+    assert spread < 0.9 * raw_spread  # a quadratic cannot follow a narrow bump all the way
+
+
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="field must be"):
         csf_volume_fractions([np.ones((8, 8))], [np.ones((8, 8), bool)], field="n4")
