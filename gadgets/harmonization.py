@@ -53,9 +53,11 @@ def harmonize(
             a reader can compare both, as vendors export "original" and "normalized" series.
 
     Harmonized images get meta ``unisono.harmonization`` (profile name) and
-    ``unisono.harmonization_sha256``. The scanner's ``stationName`` (MRD header) names the
-    site for profiles with per-site contrast curves; ``unisono.harmonization_site`` records
-    it when the profile holds a curve for it.
+    ``unisono.harmonization_sha256``. An image the profile refuses (``ValueError``: an empty
+    slice with no foreground, a constant one) is passed on unchanged in its place, with meta
+    ``unisono.harmonization_skipped`` giving the reason and no profile name. The scanner's
+    ``stationName`` (MRD header) names the site for profiles with per-site contrast curves;
+    ``unisono.harmonization_site`` records it when the profile holds a curve for it.
     """
     loaded = _load(profile) if enabled else None
     site = station_name(getattr(connection, "header", None))
@@ -74,8 +76,16 @@ def harmonize(
             raise ValueError(
                 f"harmonization needs coil-combined images (1 channel), got {mag.shape[0]} channels"
             )
-        # the harmonize package works on host memory
-        out = hz.apply_profile(prof, mag[0].cpu(), site=site)
+        try:
+            # the harmonize package works on host memory
+            out = hz.apply_profile(prof, mag[0].cpu(), site=site)
+        except ValueError as exc:
+            # an image the profile cannot harmonize (an empty slice: no foreground, no spread)
+            # goes on unharmonized and says so, rather than ending the scan's reconstruction
+            log.warning("image not harmonized: %s", exc)
+            meta = {**item.meta, "unisono.series": "harmonized", "unisono.harmonization_skipped": str(exc)}
+            connection.send(ImageBuffer(item.data, item.reference, item.encoding_index, meta))
+            continue
         out = torch.as_tensor(out, dtype=torch.float32, device=mag.device)[None]
         meta = dict(item.meta)
         meta["unisono.harmonization"] = getattr(prof, "name", str(profile))

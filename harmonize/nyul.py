@@ -111,4 +111,11 @@ def apply_nyul(image: object, scale: NyulScale, mask: object | None = None) -> n
     img = as_magnitude(image)
     m = check_mask(auto_mask(img) if mask is None else mask, img.shape)
     lm = image_landmarks(img, m, scale.percentiles)
+    if lm[-1] <= lm[0]:
+        # every landmark would land on one point, and the whole image on s_low
+        raise ValueError(
+            f"image has no intensity spread between its {scale.percentiles[0]}th and "
+            f"{scale.percentiles[-1]}th percentiles inside the mask (constant image): "
+            "cannot standardize"
+        )
     return fill_masked(piecewise_linear(img[m], lm, np.asarray(scale.landmarks)), m)

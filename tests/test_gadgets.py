@@ -333,3 +333,40 @@ def test_prewhitening_scales_each_readout_by_its_own_dwell() -> None:
     for acq in out:
         cov = np.cov(np.asarray(acq.data))
         np.testing.assert_allclose(cov, np.eye(coils), atol=0.08)
+
+
+class _Stream:
+    """The part of a gadget connection the harmonize gadget uses: items in, items sent."""
+
+    header = None
+
+    def __init__(self, items: list) -> None:
+        self.items, self.sent = items, []
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def send(self, item) -> None:
+        self.sent.append(item)
+
+
+def test_harmonize_gadget_passes_an_image_it_cannot_harmonize_on_unchanged() -> None:
+    """An empty slice (all zero: no foreground to mask) must not end the scan's reconstruction:
+    it goes on unharmonized, flagged, and the next image is harmonized as usual."""
+    from gadgets.buffers import ImageBuffer
+    from gadgets.harmonization import harmonize
+
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    head = ((xx**2 + yy**2 < 0.6) * (100.0 + 50.0 * xx)).to(torch.float32)
+    ref = ismrmrd.AcquisitionHeader()
+    empty = ImageBuffer(torch.zeros(1, 1, 32, 32), ref, 0, {"slice": 0})
+    full = ImageBuffer(head[None, None], ref, 0, {"slice": 1})
+    stream = _Stream([empty, full])
+    harmonize(stream, profile="zscore")
+    skipped, harmonized = stream.sent
+    assert torch.equal(skipped.data, empty.data)
+    assert "no foreground" in skipped.meta["unisono.harmonization_skipped"]
+    assert "unisono.harmonization" not in skipped.meta and skipped.meta["slice"] == 0
+    assert harmonized.meta["unisono.harmonization"] == "zscore"
+    assert "unisono.harmonization_skipped" not in harmonized.meta
+    assert not torch.equal(harmonized.data, full.data)

@@ -201,6 +201,17 @@ def test_nyul_rejects_bad_scale():
         fit_nyul([np.ones((1, 4, 4))], p_low=20)
 
 
+def test_nyul_refuses_an_image_without_spread_instead_of_zeroing_it():
+    """As z-score and WhiteStripe do: a constant head (or one bright voxel on it) has every
+    landmark at one intensity; mapped anyway, the whole head came out at s_low (0)."""
+    images, masks = _training_set()
+    scale = fit_nyul(images, masks)
+    flat = np.where(masks[0], 100.0, 0.0)
+    flat.flat[np.flatnonzero(masks[0])[0]] = 1e4
+    with pytest.raises(ValueError, match="no intensity spread"):
+        apply_nyul(flat, scale, masks[0])
+
+
 # --- CDF alignment ------------------------------------------------------------------------------
 
 
