@@ -163,8 +163,13 @@ def poly_basis(shape: tuple[int, ...]) -> np.ndarray:
     return np.stack(terms)
 
 
-#: a refinement whose parenchyma selection falls below this share of the first one is diverging
-DIVERGING_SELECTION = 0.5
+#: a first parenchyma selection below this share of the mask is not the parenchyma (most of a
+#: brain mask) but the bright near field of the coils; every head at the isocentre in the
+#: studies starts at 28 % or more
+MIN_FIRST_SELECTION = 0.2
+#: nor is a last one below this share (a fit stuck on the near field); every head at the
+#: isocentre ends at 64 % or more
+MIN_LAST_SELECTION = 0.4
 
 
 def _fit_log_field(vol: np.ndarray, mv: np.ndarray, iterations: int) -> np.ndarray:
@@ -172,42 +177,46 @@ def _fit_log_field(vol: np.ndarray, mv: np.ndarray, iterations: int) -> np.ndarr
     of ``vol`` (z, y, x) in ``mv`` (above the Otsu threshold of the field-corrected image,
     refined ``iterations`` times); all 0 when too few voxels qualify.
 
-    Under steep shading the first Otsu selection can be the bright region near the coils
-    rather than the parenchyma (15 % of one head moved towards siteC's coils); a quadratic
-    fitted there extrapolates, each selection is smaller than the last, and the field ran to
-    e^22 across the head (its flattened image all but zero); or it swung between the bump and
-    the few voxels the wild fit left, and ended with no field removed at all. When a selection
-    falls below DIVERGING_SELECTION of the first (or the first is too small to fit), the
-    refinements start again from a fit over the whole mask, which takes most of the shading
-    out at once. Every other fit is unchanged."""
+    Under steep shading the first Otsu selection, made on the uncorrected image, can be the
+    bright region near the coils rather than the parenchyma (11-19 % of the mask for heads
+    moved towards siteC's coils). A quadratic fitted there extrapolates. The selections then
+    shrank and the field ran to e^22 across one head (its flattened image all but zero), or
+    the fit swung between the bump and the few voxels left and removed no field, settled on
+    the near field, or stopped short and left the read-out off (r 0.708 at siteC on shift48,
+    0.951 with this). So when the first selection is below MIN_FIRST_SELECTION of the mask or
+    the last below MIN_LAST_SELECTION, the refinements start again from a fit over the whole
+    mask, which takes most of the shading out at once. Every other fit is unchanged."""
     basis = poly_basis(vol.shape)
     logi = np.log(np.maximum(vol, 1e-3 * max(float(np.quantile(vol[mv], 0.99)), 1e-30)))
-    coef, first = _refine_log_field(vol, mv, logi, basis, np.zeros(basis.shape[0]), iterations)
-    if first is None and mv.sum() >= basis.shape[0] * 4:
+    zero = np.zeros(basis.shape[0])
+    coef, first, last = _refine_log_field(vol, mv, logi, basis, zero, iterations)
+    n = mv.sum()
+    if (first < MIN_FIRST_SELECTION * n or last < MIN_LAST_SELECTION * n) and n >= basis.shape[0] * 4:
         start, *_ = np.linalg.lstsq(basis[:, mv].T, logi[mv], rcond=None)
-        coef, _ = _refine_log_field(vol, mv, logi, basis, start, iterations)
+        coef, *_ = _refine_log_field(vol, mv, logi, basis, start, iterations)
     return coef
 
 
 def _refine_log_field(
     vol: np.ndarray, mv: np.ndarray, logi: np.ndarray, basis: np.ndarray, coef: np.ndarray, iterations: int
-) -> tuple[np.ndarray, int | None]:
-    """Otsu-select and refit ``iterations`` times from ``coef``: (coefficients, size of the first
-    selection; None when it was too small to fit or a later one fell below
-    DIVERGING_SELECTION of it)."""
+) -> tuple[np.ndarray, int, int]:
+    """Otsu-select and refit ``iterations`` times from ``coef`` (stopping when a selection is
+    too small to fit): (coefficients, size of the first selection, size of the selection the
+    final coefficients make)."""
+
+    def selection(c: np.ndarray) -> np.ndarray:
+        corrected = vol / np.exp(np.tensordot(c, basis, axes=1))
+        return mv & (corrected > otsu_threshold(corrected[mv]))
+
     first = None
     for _ in range(iterations):
-        corrected = vol / np.exp(np.tensordot(coef, basis, axes=1))
-        sel = mv & (corrected > otsu_threshold(corrected[mv]))
-        n = int(sel.sum())
-        too_few = n < basis.shape[0] * 4
-        if first is None and too_few or first is not None and n < DIVERGING_SELECTION * first:
-            return coef, None
-        first = n if first is None else first
-        if too_few:
+        sel = selection(coef)
+        first = int(sel.sum()) if first is None else first
+        if sel.sum() < basis.shape[0] * 4:
             break
         coef, *_ = np.linalg.lstsq(basis[:, sel].T, logi[sel], rcond=None)
-    return coef, first
+    last = int(selection(coef).sum())
+    return coef, (last if first is None else first), last
 
 
 def log_field_coefficients(image: object, mask: object, iterations: int = 4) -> np.ndarray:
