@@ -157,11 +157,9 @@ def train_unet(
         MW = torch.from_numpy(ms & mt).float()  # loss only where both images have tissue
         model = UNet2D(config.unet)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt,
-            max(config.iterations, 1),
-            eta_min=0.05 * config.lr,  # 0 iterations: never stepped
-        )
+        # T_max >= 1: with 0 iterations the schedule is built but never stepped
+        t_max = max(config.iterations, 1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, t_max, eta_min=0.05 * config.lr)
         losses: list[float] = []
         t0 = time.perf_counter()
         model.train()

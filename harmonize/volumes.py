@@ -178,8 +178,9 @@ def _fit_log_field(vol: np.ndarray, mv: np.ndarray, iterations: int) -> np.ndarr
     refined ``iterations`` times); all 0 when too few voxels qualify.
 
     Under steep shading the first Otsu selection, made on the uncorrected image, can be the
-    bright region near the coils rather than the parenchyma (11-19 % of the mask for heads
-    moved towards siteC's coils). A quadratic fitted there extrapolates. The selections then
+    bright region near the coils rather than the parenchyma (11-19 % of the mask for some
+    heads moved off the isocentre, most of them at siteC). A quadratic fitted there
+    extrapolates. The selections then
     shrank and the field ran to e^22 across one head (its flattened image all but zero), or
     the fit swung between the bump and the few voxels left and removed no field, settled on
     the near field, or stopped short and left the read-out off (r 0.708 at siteC on shift48,
