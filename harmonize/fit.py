@@ -382,8 +382,8 @@ def with_site_contrast(
         )
     if noise is not None:
         params["site_noise"] = noise.to_dict()
-    shading = output_shading(params)
-    shading_note = _SHADING_NOTES.get(shading, "") if shading != own_shading else ""
+    new_shading = output_shading(params)
+    shading_note = _SHADING_NOTES.get(new_shading, "") if new_shading != own_shading else ""
     return _derived(
         profile, out, name, params, {"site_contrast_from": _provenance(study, used)},
         shading_note

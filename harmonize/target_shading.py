@@ -97,10 +97,7 @@ def calibrate_target_shading(images: Sequence[object], masks: Sequence[object], 
     """The target shading from the target site's unharmonized scans (z, y, x or y, x), all of one shape."""
     if not images or len(images) != len(masks):
         raise ValueError(f"need >= 1 image and one mask per image, got {len(images)} and {len(masks)}")
-    rows = []
-    for image, mask in zip(images, masks, strict=True):
-        x = as_magnitude(image)
-        rows.append(log_field_coefficients(x, check_mask(mask, x.shape)))
+    rows = [log_field_coefficients(image, mask) for image, mask in zip(images, masks, strict=True)]
     if len({r.size for r in rows}) != 1:
         raise ValueError("target shading calibration scans must all have the same number of slices")
     mean = np.mean(rows, axis=0)

@@ -172,10 +172,10 @@ MIN_FIRST_SELECTION = 0.2
 MIN_LAST_SELECTION = 0.4
 
 
-def _fit_log_field(vol: np.ndarray, mv: np.ndarray, iterations: int) -> np.ndarray:
-    """Coefficients (over ``poly_basis(vol.shape)``) of log I fitted over the parenchyma voxels
-    of ``vol`` (z, y, x) in ``mv`` (above the Otsu threshold of the field-corrected image,
-    refined ``iterations`` times); all 0 when too few voxels qualify.
+def _fit_log_field(vol: np.ndarray, mv: np.ndarray, basis: np.ndarray, iterations: int) -> np.ndarray:
+    """Coefficients (over ``basis``, ``poly_basis(vol.shape)``) of log I fitted over the
+    parenchyma voxels of ``vol`` (z, y, x) in ``mv`` (above the Otsu threshold of the
+    field-corrected image, refined ``iterations`` times); all 0 when too few voxels qualify.
 
     Under steep shading the first Otsu selection, made on the uncorrected image, can be the
     bright region near the coils rather than the parenchyma (11-19 % of the mask for some
@@ -187,37 +187,40 @@ def _fit_log_field(vol: np.ndarray, mv: np.ndarray, iterations: int) -> np.ndarr
     0.951 with this). So when the first selection is below MIN_FIRST_SELECTION of the mask or
     the last below MIN_LAST_SELECTION, the refinements start again from a fit over the whole
     mask, which takes most of the shading out at once. Every other fit is unchanged."""
-    basis = poly_basis(vol.shape)
     logi = np.log(np.maximum(vol, 1e-3 * max(float(np.quantile(vol[mv], 0.99)), 1e-30)))
-    zero = np.zeros(basis.shape[0])
-    coef, first, last = _refine_log_field(vol, mv, logi, basis, zero, iterations)
+    coef, first = _refine_log_field(vol, mv, logi, basis, np.zeros(basis.shape[0]), iterations)
     n = mv.sum()
-    if (first < MIN_FIRST_SELECTION * n or last < MIN_LAST_SELECTION * n) and n >= basis.shape[0] * 4:
+    if n < basis.shape[0] * 4:
+        return coef
+    if first < MIN_FIRST_SELECTION * n or _parenchyma(vol, mv, basis, coef).sum() < MIN_LAST_SELECTION * n:
         start, *_ = np.linalg.lstsq(basis[:, mv].T, logi[mv], rcond=None)
-        coef, *_ = _refine_log_field(vol, mv, logi, basis, start, iterations)
+        coef, _ = _refine_log_field(vol, mv, logi, basis, start, iterations)
     return coef
+
+
+def _parenchyma(vol: np.ndarray, mv: np.ndarray, basis: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """The voxels of ``mv`` above the Otsu threshold of ``vol`` with the field ``coef`` divided out."""
+    corrected = vol / np.exp(np.tensordot(coef, basis, axes=1))
+    return mv & (corrected > otsu_threshold(corrected[mv]))
 
 
 def _refine_log_field(
     vol: np.ndarray, mv: np.ndarray, logi: np.ndarray, basis: np.ndarray, coef: np.ndarray, iterations: int
-) -> tuple[np.ndarray, int, int]:
-    """Otsu-select and refit ``iterations`` times from ``coef`` (stopping when a selection is
-    too small to fit): (coefficients, size of the first selection, size of the selection the
-    final coefficients make)."""
-
-    def selection(c: np.ndarray) -> np.ndarray:
-        corrected = vol / np.exp(np.tensordot(c, basis, axes=1))
-        return mv & (corrected > otsu_threshold(corrected[mv]))
-
+) -> tuple[np.ndarray, int]:
+    """Select the parenchyma and refit ``iterations`` times from ``coef`` (stopping when a
+    selection is too small to fit): (coefficients, size of the first selection; that of the
+    one ``coef`` makes without iterations)."""
     first = None
     for _ in range(iterations):
-        sel = selection(coef)
-        first = int(sel.sum()) if first is None else first
-        if sel.sum() < basis.shape[0] * 4:
+        sel = _parenchyma(vol, mv, basis, coef)
+        n = int(sel.sum())
+        first = n if first is None else first
+        if n < basis.shape[0] * 4:
             break
         coef, *_ = np.linalg.lstsq(basis[:, sel].T, logi[sel], rcond=None)
-    last = int(selection(coef).sum())
-    return coef, (last if first is None else first), last
+    if first is None:
+        first = int(_parenchyma(vol, mv, basis, coef).sum())
+    return coef, first
 
 
 def log_field_coefficients(image: object, mask: object, iterations: int = 4) -> np.ndarray:
@@ -226,7 +229,7 @@ def log_field_coefficients(image: object, mask: object, iterations: int = 4) -> 
     img = as_magnitude(image)
     m = check_mask(mask, img.shape)
     vol, mv = (img[None], m[None]) if img.ndim == 2 else (img, m)
-    return _fit_log_field(vol, mv, iterations)
+    return _fit_log_field(vol, mv, poly_basis(vol.shape), iterations)
 
 
 def log_field(image: object, mask: object, iterations: int = 4) -> np.ndarray:
@@ -240,7 +243,8 @@ def log_field(image: object, mask: object, iterations: int = 4) -> np.ndarray:
     img = as_magnitude(image)
     m = check_mask(mask, img.shape)
     vol, mv = (img[None], m[None]) if img.ndim == 2 else (img, m)
-    field_log = np.tensordot(_fit_log_field(vol, mv, iterations), poly_basis(vol.shape), axes=1)
+    basis = poly_basis(vol.shape)
+    field_log = np.tensordot(_fit_log_field(vol, mv, basis, iterations), basis, axes=1)
     field_log -= field_log[mv].mean()
     out = np.exp(field_log)
     return out[0] if img.ndim == 2 else out
